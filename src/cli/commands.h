@@ -1,0 +1,15 @@
+// Subcommands of the tidepool binary. Each takes the arguments after its name and returns the
+// process exit code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace tidepool::cli {
+
+using Args = std::vector<std::string>;
+
+int RunUp(const Args& args);
+int RunStorage(const Args& args);
+
+}  // namespace tidepool::cli

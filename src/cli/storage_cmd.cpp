@@ -1,0 +1,107 @@
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <pthread.h>
+
+#include "cli/commands.h"
+#include "storage/env.h"
+#include "storage/flusher.h"
+#include "storage/log.h"
+
+namespace tidepool::cli {
+namespace {
+
+using storage::DefaultEnv;
+using storage::Flusher;
+using storage::Log;
+using storage::LogOptions;
+
+void PrintRecovery(const Log& log) {
+  const auto& r = log.recovery_report();
+  std::printf("log %s: sequences [%llu, %llu), %zu segments (%zu scanned), %llu torn bytes cut\n",
+              log.dir().c_str(), static_cast<unsigned long long>(log.first_seq().value),
+              static_cast<unsigned long long>(log.next_seq().value), r.segments, r.segments_scanned,
+              static_cast<unsigned long long>(r.torn_bytes_truncated));
+  for (const auto& line : r.corruption) std::printf("  corruption: %s\n", line.c_str());
+}
+
+int Inspect(const std::string& dir, bool verify) {
+  Flusher flusher;
+  auto log = Log::Open(DefaultEnv(), dir, LogOptions{}, &flusher);
+  if (!log.ok()) {
+    std::fprintf(stderr, "tidepool storage: %s\n", log.status().ToString().c_str());
+    return 1;
+  }
+  PrintRecovery(**log);
+  for (const auto& s : (*log)->Segments()) {
+    std::printf(
+        "  %s  [%llu, %llu)  %llu bytes%s\n", storage::SegmentFileName(s.base.value).c_str(),
+        static_cast<unsigned long long>(s.base.value), static_cast<unsigned long long>(s.end.value),
+        static_cast<unsigned long long>(s.size_bytes), s.active ? "  (active)" : "");
+  }
+  if (!verify) return 0;
+  uint64_t n = 0;
+  storage::Seq next = (*log)->first_seq();
+  for (;;) {
+    auto batch = (*log)->Read(next, 4096, 8u << 20);
+    if (!batch.ok()) {
+      std::fprintf(stderr, "verify failed after %llu records: %s\n",
+                   static_cast<unsigned long long>(n), batch.status().ToString().c_str());
+      return 1;
+    }
+    if (batch->empty()) break;
+    n += batch->size();
+    next = batch->back().seq + 1;
+  }
+  std::printf("verified %llu records\n", static_cast<unsigned long long>(n));
+  return 0;
+}
+
+}  // namespace
+
+int RunStorage(const Args& args) {
+  if (args.size() == 2 && (args[0] == "inspect" || args[0] == "verify")) {
+    return Inspect(args[1], args[0] == "verify");
+  }
+  std::fprintf(stderr, "usage: tidepool storage inspect|verify DIR\n");
+  return 2;
+}
+
+int RunUp(const Args& args) {
+  std::string data_dir = "tidepool-data";
+  if (const char* env = std::getenv("TIDEPOOL_DATA_DIR")) data_dir = env;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--data-dir" && i + 1 < args.size()) {
+      data_dir = args[++i];
+    } else {
+      std::fprintf(stderr, "tidepool up: unknown option '%s'\n", args[i].c_str());
+      return 2;
+    }
+  }
+  Flusher flusher;
+  auto log = Log::Open(DefaultEnv(), storage::JoinPath(data_dir, "topics/_system"), LogOptions{},
+                       &flusher);
+  if (!log.ok()) {
+    std::fprintf(stderr, "tidepool up: %s\n", log.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("tidepool %s up: data dir %s\n", TIDEPOOL_VERSION, data_dir.c_str());
+  PrintRecovery(**log);
+  std::printf(
+      "storage engine ready. The broker, web tier and pools are not built yet; Ctrl-C "
+      "to stop.\n");
+  std::fflush(stdout);
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::printf("stopping on %s\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  return 0;
+}
+
+}  // namespace tidepool::cli
