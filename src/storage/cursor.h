@@ -65,7 +65,7 @@ class CursorBatch {
   void Ack(Seq lo, Seq hi);
   void SetDelivery(Seq seq, Delivery d);
   void Reset(Seq floor, const std::vector<std::pair<Seq, Seq>>& acked);
-  bool empty() const { return frames_.empty(); }
+  bool empty() const { return frames_.empty() && acks_.empty() && deliveries_.empty(); }
   const std::string& frames() const { return frames_; }
 
  private:
