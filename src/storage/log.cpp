@@ -213,6 +213,7 @@ Status Log::Recover() {
       sopts.expected_base = seg->base;
       sopts.index_interval_bytes = options_.index_interval_bytes;
       sopts.strict = options_.strict_recovery;
+      sopts.sealed = !is_last;
       SegmentScan scan = ScanSegment(data, sopts);
       if (!scan.status.ok()) return scan.status.WithContext(seg->path);
       if (!scan.header_valid) {
@@ -231,10 +232,13 @@ Status Log::Recover() {
         recovery_.torn_bytes_truncated += data.size() - scan.valid_end;
       }
       for (const auto& d : scan.damaged) {
+        const std::string lost =
+            d.lost_end > d.lost_begin
+                ? "records [" + std::to_string(d.lost_begin) + ", " + std::to_string(d.lost_end) +
+                      ") lost"
+                : "records from " + std::to_string(d.lost_begin) + " to the segment's end lost";
         recovery_.corruption.push_back(seg->path + ": bytes [" + std::to_string(d.begin) + ", " +
-                                       std::to_string(d.end) + ") " + d.reason + "; records [" +
-                                       std::to_string(d.lost_begin) + ", " +
-                                       std::to_string(d.lost_end) + ") lost");
+                                       std::to_string(d.end) + ") " + d.reason + "; " + lost);
       }
       TP_RETURN_IF_ERROR(OpenSegmentForRead(seg.get()));
       seg->nonce = scan.header.nonce;
@@ -278,9 +282,16 @@ Status Log::Recover() {
     }
     const std::string index_path = JoinPath(dir_, IndexFileName(active.base));
     if (env_->FileExists(index_path)) TP_RETURN_IF_ERROR(env_->RemoveFile(index_path));
-    TP_ASSIGN_OR_RETURN(writer_, env_->OpenAppendable(active.path));
-    if (writer_->Size() != active.size) {
-      return Status::Internal("active segment size changed during recovery: " + active.path);
+    if (!active.damaged.empty() && active.end_seq > active.base) {
+      // Keep the damaged bytes as they are, in a sealed segment: they prove which sequence
+      // numbers were once durable, so that none of them is ever handed out again.
+      active.sealed = true;
+      TP_RETURN_IF_ERROR(StartNewSegment(active.end_seq));
+    } else {
+      TP_ASSIGN_OR_RETURN(writer_, env_->OpenAppendable(active.path));
+      if (writer_->Size() != active.size) {
+        return Status::Internal("active segment size changed during recovery: " + active.path);
+      }
     }
   }
   for (const auto& seg : segments_) last_timestamp_ = std::max(last_timestamp_, seg->max_ts);

@@ -449,6 +449,36 @@ TEST_F(LogTest, MidFileCorruptionIsReportedAndStrictModeRefuses) {
   EXPECT_EQ((*all)[1].data, "three");
 }
 
+TEST_F(LogTest, DamageBeforeATornTailNeverLeadsToReusedSequences) {
+  {
+    auto log = OpenLog();
+    ASSERT_TRUE(log->Append({"zero"}).ok());
+    ASSERT_TRUE(log->Append({"one-one-one"}).ok());
+    ASSERT_TRUE(log->Append({"two"}).ok());
+  }
+  const std::string seg = dir_.sub("topic/") + SegmentFileName(0);
+  std::string bytes;
+  {
+    std::ifstream f(seg, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(f), {});
+  }
+  // Bit rot in record 1, and the last group torn by a crash.
+  bytes[bytes.find("one-one-one")] = 'O';
+  bytes.resize(bytes.size() - 1);
+  {
+    std::ofstream f(seg, std::ios::binary | std::ios::trunc);
+    f << bytes;
+  }
+  for (int open = 0; open < 3; ++open) {
+    auto log = OpenLog();
+    EXPECT_GE(log->next_seq(), Seq(2 + open)) << "open " << open;
+    auto r = log->Append({"new"});
+    ASSERT_TRUE(r.ok());
+    EXPECT_GE(r->first, Seq(2 + open)) << "sequence 1 was acknowledged once: never again";
+    EXPECT_FALSE(log->recovery_report().corruption.empty());
+  }
+}
+
 TEST_F(LogTest, EmptySegmentLeftByACrashIsRemoved) {
   LogOptions o;
   o.segment_max_bytes = 512;

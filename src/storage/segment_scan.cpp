@@ -111,7 +111,6 @@ SegmentScan ScanSegment(std::string_view data, const ScanOptions& options) {
   uint64_t last_index_offset = 0;
   bool have_index = false;
   size_t pos = hf.size;
-  bool resynced = false;  // the group at pos was found by resynchronisation: a gap is expected
   std::vector<IndexEntry> group_index;  // entries of the group being validated
 
   while (pos < data.size()) {
@@ -126,8 +125,7 @@ SegmentScan ScanSegment(std::string_view data, const ScanOptions& options) {
     } else if (g.nonce != scan.header.nonce) {
       ok = false;
       reason = "group frame of another segment";
-    } else if (g.first_seq < expected_seq || g.count == 0 ||
-               (g.first_seq != expected_seq && !resynced)) {
+    } else if (g.first_seq != expected_seq || g.count == 0 || g.count > UINT64_MAX - g.first_seq) {
       ok = false;
       reason = "group sequence " + std::to_string(g.first_seq) + " where " +
                std::to_string(expected_seq) + " was expected";
@@ -190,7 +188,6 @@ SegmentScan ScanSegment(std::string_view data, const ScanOptions& options) {
         scan.max_timestamp = std::max(scan.max_timestamp, gmax);
       }
       scan.record_count += g.count;
-      resynced = false;
       expected_seq = g.first_seq + g.count;
       scan.end_seq = expected_seq;
       scan.valid_end = pos;
@@ -205,13 +202,26 @@ SegmentScan ScanSegment(std::string_view data, const ScanOptions& options) {
     // Damage at group_start. Is it the torn last group, or durable data gone bad?
     const size_t next = FindNextGroup(data, group_start + 1, scan.header.nonce, expected_seq);
     if (next == std::string_view::npos) {
+      if (options.sealed) {
+        // A sealed segment was durable as a whole before its successor existed: its end
+        // cannot be torn. Keep the bytes and report them; the caller knows where the next
+        // segment starts and so which sequence numbers were lost.
+        scan.damaged.push_back(
+            DamagedRegion{group_start, data.size(), expected_seq, expected_seq, reason});
+        if (options.strict) {
+          scan.status = Status::Corruption("corrupt data at offset " + std::to_string(group_start) +
+                                           " (" + reason + ") in a sealed segment");
+          return scan;
+        }
+        scan.valid_end = data.size();
+        break;
+      }
       scan.torn_bytes = data.size() - group_start;
       break;
     }
     GroupHeader ng;
     DecodeGroupHeader(ParseFrame(data, next), &ng);
-    DamagedRegion region{group_start, next, expected_seq, ng.first_seq, reason};
-    scan.damaged.push_back(region);
+    scan.damaged.push_back(DamagedRegion{group_start, next, expected_seq, ng.first_seq, reason});
     if (options.strict) {
       scan.status =
           Status::Corruption("corrupt data at offset " + std::to_string(group_start) + " (" +
@@ -219,8 +229,12 @@ SegmentScan ScanSegment(std::string_view data, const ScanOptions& options) {
                              std::to_string(next) + "; refusing to open in strict recovery mode");
       return scan;
     }
+    // The damaged bytes were durable once: keep them (they are the evidence) and count their
+    // sequence numbers as used, so that they are never handed out again.
+    expected_seq = ng.first_seq;
+    scan.end_seq = expected_seq;
+    scan.valid_end = next;
     pos = next;
-    resynced = true;
   }
   return scan;
 }

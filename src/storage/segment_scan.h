@@ -53,6 +53,9 @@ struct ScanOptions {
   uint64_t expected_base = 0;  // from the file name
   uint32_t index_interval_bytes = 4096;
   bool strict = false;
+  // The segment is not the last one: it was made durable whole before the next one was
+  // created, so damage at its end is corruption, never a torn tail.
+  bool sealed = false;
 };
 
 SegmentScan ScanSegment(std::string_view data, const ScanOptions& options);
