@@ -10,6 +10,7 @@ namespace tidepool::cli {
 using Args = std::vector<std::string>;
 
 int RunUp(const Args& args);
+int RunBroker(const Args& args);
 int RunStorage(const Args& args);
 
 }  // namespace tidepool::cli

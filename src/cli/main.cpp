@@ -1,4 +1,5 @@
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -14,16 +15,17 @@ constexpr char kUsage[] =
     "Usage: tidepool <command> [options]\n"
     "\n"
     "Commands:\n"
-    "  up [--data-dir DIR]        Run everything on this machine (today: open and recover the\n"
-    "                             storage in DIR and hold it until Ctrl-C)\n"
+    "  up [--data-dir DIR] [--listen HOST:PORT]\n"
+    "                             Run everything on this machine (today: the broker alone)\n"
+    "  broker [--data-dir DIR] [--listen HOST:PORT]\n"
+    "                             Serve the Pub/Sub v1 API (default 127.0.0.1:8085) on durable\n"
+    "                             storage in DIR (default ./tidepool-data)\n"
     "  storage inspect DIR        Show the segments, sequence range and recovery report of a log\n"
     "  storage verify DIR         Read every record of a log and check every checksum\n"
     "  version                    Print the version\n"
     "  help, --help               Show this help\n";
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int Dispatch(int argc, char** argv) {
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return 2;
@@ -39,7 +41,18 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "up") return tidepool::cli::RunUp(args);
+  if (cmd == "broker") return tidepool::cli::RunBroker(args);
   if (cmd == "storage") return tidepool::cli::RunStorage(args);
   std::fprintf(stderr, "tidepool: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const int code = Dispatch(argc, argv);
+  // Every command has shut down what it started and made its state durable by now. Skipping
+  // static destructors spares a second or more of gRPC's library teardown at exit.
+  std::fflush(nullptr);
+  std::_Exit(code);
 }

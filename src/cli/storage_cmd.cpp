@@ -1,9 +1,5 @@
-#include <csignal>
 #include <cstdio>
-#include <cstdlib>
 #include <string>
-
-#include <pthread.h>
 
 #include "cli/commands.h"
 #include "storage/env.h"
@@ -67,41 +63,6 @@ int RunStorage(const Args& args) {
   }
   std::fprintf(stderr, "usage: tidepool storage inspect|verify DIR\n");
   return 2;
-}
-
-int RunUp(const Args& args) {
-  std::string data_dir = "tidepool-data";
-  if (const char* env = std::getenv("TIDEPOOL_DATA_DIR")) data_dir = env;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--data-dir" && i + 1 < args.size()) {
-      data_dir = args[++i];
-    } else {
-      std::fprintf(stderr, "tidepool up: unknown option '%s'\n", args[i].c_str());
-      return 2;
-    }
-  }
-  Flusher flusher;
-  auto log = Log::Open(DefaultEnv(), storage::JoinPath(data_dir, "topics/_system"), LogOptions{},
-                       &flusher);
-  if (!log.ok()) {
-    std::fprintf(stderr, "tidepool up: %s\n", log.status().ToString().c_str());
-    return 1;
-  }
-  std::printf("tidepool %s up: data dir %s\n", TIDEPOOL_VERSION, data_dir.c_str());
-  PrintRecovery(**log);
-  std::printf(
-      "storage engine ready. The broker, web tier and pools are not built yet; Ctrl-C "
-      "to stop.\n");
-  std::fflush(stdout);
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  std::printf("stopping on %s\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
-  return 0;
 }
 
 }  // namespace tidepool::cli

@@ -1,0 +1,99 @@
+#include <pthread.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "broker/broker.h"
+#include "cli/commands.h"
+#include "pubsub/server.h"
+
+namespace tidepool::cli {
+namespace {
+
+constexpr int64_t kShutdownGraceMicros = 10'000'000;
+
+struct BrokerFlags {
+  std::string data_dir = "tidepool-data";
+  std::string listen = "127.0.0.1:8085";
+};
+
+// Parses --data-dir and --listen (and their TIDEPOOL_* environment variables); false on an
+// unknown option, after saying which.
+bool ParseBrokerFlags(const char* cmd, const Args& args, BrokerFlags* flags) {
+  if (const char* env = std::getenv("TIDEPOOL_DATA_DIR")) flags->data_dir = env;
+  if (const char* env = std::getenv("TIDEPOOL_BROKER_LISTEN")) flags->listen = env;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const bool has_value = i + 1 < args.size();
+    if (args[i] == "--data-dir" && has_value) {
+      flags->data_dir = args[++i];
+    } else if (args[i] == "--listen" && has_value) {
+      flags->listen = args[++i];
+    } else {
+      std::fprintf(stderr,
+                   "tidepool %s: unknown option '%s' (known: --data-dir DIR, --listen HOST:PORT)\n",
+                   cmd, args[i].c_str());
+      return false;
+    }
+  }
+  return true;
+}
+
+// Runs the broker and its Pub/Sub API until SIGINT or SIGTERM, then stops accepting, finishes
+// in-flight calls, flushes and returns the exit code.
+int ServeBroker(const char* cmd, const BrokerFlags& flags) {
+  // Block the stop signals before any thread starts, so that every thread inherits the mask
+  // and only sigwait below sees them.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  broker::BrokerOptions options;
+  options.data_dir = flags.data_dir;
+  auto b = broker::Broker::Open(options);
+  if (!b.ok()) {
+    std::fprintf(stderr, "tidepool %s: %s\n", cmd, b.status().ToString().c_str());
+    return 1;
+  }
+  pubsub::ServerOptions server_options;
+  server_options.listen = flags.listen;
+  auto server = pubsub::PubsubServer::Start(b->get(), server_options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "tidepool %s: %s\n", cmd, server.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("tidepool %s %s: data dir %s, Pub/Sub API on %s (port %d)\n", cmd, TIDEPOOL_VERSION,
+              flags.data_dir.c_str(), flags.listen.c_str(), (*server)->port());
+  std::fflush(stdout);
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  std::printf("tidepool %s: %s received, draining\n", cmd, sig == SIGINT ? "SIGINT" : "SIGTERM");
+  std::fflush(stdout);
+  (*server)->Shutdown(kShutdownGraceMicros);
+  server->reset();
+  b->reset();  // commits what is queued and closes every log and cursor
+  std::printf("tidepool %s: stopped\n", cmd);
+  return 0;
+}
+
+}  // namespace
+
+int RunBroker(const Args& args) {
+  BrokerFlags flags;
+  if (!ParseBrokerFlags("broker", args, &flags)) return 2;
+  return ServeBroker("broker", flags);
+}
+
+int RunUp(const Args& args) {
+  BrokerFlags flags;
+  if (!ParseBrokerFlags("up", args, &flags)) return 2;
+  std::printf(
+      "tidepool up: the web tier and worker pools are not built yet; running the broker "
+      "alone\n");
+  return ServeBroker("up", flags);
+}
+
+}  // namespace tidepool::cli
