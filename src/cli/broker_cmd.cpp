@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <string>
 
+#include "admin/admin_server.h"
 #include "broker/broker.h"
+#include "broker/report.h"
 #include "cli/commands.h"
 #include "pubsub/server.h"
 
@@ -17,6 +19,7 @@ constexpr int64_t kShutdownGraceMicros = 10'000'000;
 struct BrokerFlags {
   std::string data_dir = "tidepool-data";
   std::string listen = "127.0.0.1:8085";
+  std::string admin_listen = "127.0.0.1:8086";
 };
 
 // Parses --data-dir and --listen (and their TIDEPOOL_* environment variables); false on an
@@ -24,15 +27,19 @@ struct BrokerFlags {
 bool ParseBrokerFlags(const char* cmd, const Args& args, BrokerFlags* flags) {
   if (const char* env = std::getenv("TIDEPOOL_DATA_DIR")) flags->data_dir = env;
   if (const char* env = std::getenv("TIDEPOOL_BROKER_LISTEN")) flags->listen = env;
+  if (const char* env = std::getenv("TIDEPOOL_BROKER_ADMIN_LISTEN")) flags->admin_listen = env;
   for (size_t i = 0; i < args.size(); ++i) {
     const bool has_value = i + 1 < args.size();
     if (args[i] == "--data-dir" && has_value) {
       flags->data_dir = args[++i];
     } else if (args[i] == "--listen" && has_value) {
       flags->listen = args[++i];
+    } else if (args[i] == "--admin-listen" && has_value) {
+      flags->admin_listen = args[++i];
     } else {
       std::fprintf(stderr,
-                   "tidepool %s: unknown option '%s' (known: --data-dir DIR, --listen HOST:PORT)\n",
+                   "tidepool %s: unknown option '%s' (known: --data-dir DIR, --listen HOST:PORT, "
+                   "--admin-listen HOST:PORT)\n",
                    cmd, args[i].c_str());
       return false;
     }
@@ -65,13 +72,35 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
     std::fprintf(stderr, "tidepool %s: %s\n", cmd, server.status().ToString().c_str());
     return 1;
   }
-  std::printf("tidepool %s %s: data dir %s, Pub/Sub API on %s (port %d)\n", cmd, TIDEPOOL_VERSION,
-              flags.data_dir.c_str(), flags.listen.c_str(), (*server)->port());
+  broker::Broker* raw = b->get();
+  auto admin = admin::AdminServer::Start(
+      flags.admin_listen,
+      {{"/healthz",
+        [] {
+          return admin::Response{200, "text/plain", "ok\n"};
+        }},
+       {"/v1/backlog",
+        [raw] {
+          return admin::Response{200, "application/json", broker::BacklogJson(raw->Backlogs())};
+        }},
+       {"/metrics", [raw] {
+          return admin::Response{200, "text/plain; version=0.0.4",
+                                 broker::BacklogMetrics(raw->Backlogs())};
+        }}});
+  if (!admin.ok()) {
+    std::fprintf(stderr, "tidepool %s: admin endpoint: %s\n", cmd,
+                 admin.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("tidepool %s %s: data dir %s, Pub/Sub API on %s (port %d), admin on http://%s\n", cmd,
+              TIDEPOOL_VERSION, flags.data_dir.c_str(), flags.listen.c_str(), (*server)->port(),
+              flags.admin_listen.c_str());
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stop_signals, &sig);
   std::printf("tidepool %s: %s received, draining\n", cmd, sig == SIGINT ? "SIGINT" : "SIGTERM");
   std::fflush(stdout);
+  (*admin)->Stop();
   (*server)->Shutdown(kShutdownGraceMicros);
   server->reset();
   b->reset();  // commits what is queued and closes every log and cursor

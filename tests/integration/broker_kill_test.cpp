@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <boost/json.hpp>
 #include <chrono>
 #include <mutex>
 #include <set>
@@ -37,15 +38,41 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
-pid_t StartBroker(const std::string& dir, int port) {
+pid_t StartBroker(const std::string& dir, int port, int admin_port = 0) {
+  if (admin_port == 0) admin_port = FreePort();
   pid_t pid = ::fork();
   if (pid == 0) {
     const std::string listen = "127.0.0.1:" + std::to_string(port);
+    const std::string admin = "127.0.0.1:" + std::to_string(admin_port);
     ::execl(TIDEPOOL_BIN, "tidepool", "broker", "--data-dir", dir.c_str(), "--listen",
-            listen.c_str(), nullptr);
+            listen.c_str(), "--admin-listen", admin.c_str(), nullptr);
     std::_Exit(127);
   }
   return pid;
+}
+
+// A blocking HTTP/1.0 GET on loopback; returns the body ("" on failure).
+std::string HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  if (::write(fd, req.data(), req.size()) != static_cast<ssize_t>(req.size())) {
+    ::close(fd);
+    return "";
+  }
+  std::string resp;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof(buf))) > 0;) resp.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  const auto body = resp.find("\r\n\r\n");
+  return body == std::string::npos ? "" : resp.substr(body + 4);
 }
 
 // Waits until the broker accepts TCP connections, then opens a channel: a channel that saw
@@ -138,11 +165,22 @@ TEST(BrokerKillTest, AcknowledgedPublishesSurviveKill9) {
 
   // Restart once more and read everything.
   const int port = FreePort();
-  pid_t pid = StartBroker(data_dir, port);
+  const int admin_port = FreePort();
+  pid_t pid = StartBroker(data_dir, port, admin_port);
   auto channel = Connect(port);
   auto pub = v1::Publisher::NewStub(channel);
   auto sub = v1::Subscriber::NewStub(channel);
   ASSERT_TRUE(WaitReady(pub.get()));
+  // The backlog the autoscaler reads counts every surviving message.
+  {
+    boost::system::error_code ec;
+    auto backlog = boost::json::parse(HttpGet(admin_port, "/v1/backlog"), ec);
+    ASSERT_FALSE(ec);
+    const auto& subs = backlog.at("subscriptions").as_array();
+    ASSERT_EQ(subs.size(), 1u);
+    EXPECT_EQ(subs[0].at("subscription").as_string(), kSub);
+    EXPECT_GE(subs[0].at("undelivered_messages").to_number<uint64_t>(), acked.size());
+  }
   std::set<std::string> received;
   for (int empty = 0; empty < 3;) {
     grpc::ClientContext ctx;
@@ -165,6 +203,15 @@ TEST(BrokerKillTest, AcknowledgedPublishesSurviveKill9) {
       ack.add_ack_ids(m.ack_id());
     }
     ASSERT_TRUE(sub->Acknowledge(&actx, ack, &ar).ok());
+  }
+  {
+    auto backlog = boost::json::parse(HttpGet(admin_port, "/v1/backlog"));
+    EXPECT_EQ(
+        backlog.at("subscriptions").as_array()[0].at("undelivered_messages").to_number<uint64_t>(),
+        0u);
+    const std::string metrics = HttpGet(admin_port, "/metrics");
+    EXPECT_NE(metrics.find("tidepool_broker_backlog_messages{subscription=\"" + std::string(kSub)),
+              std::string::npos);
   }
   ::kill(pid, SIGTERM);
   int status = 0;
