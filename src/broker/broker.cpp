@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <boost/json.hpp>
 #include <cstdio>
+#include <ctime>
 #include <set>
 
 #include "broker/names.h"
@@ -187,6 +188,18 @@ Result<Page<Out>> PageOf(const Map& map, const std::string& prefix, int page_siz
     last = it->first;
   }
   return page;
+}
+
+// "2026-11-28T13:45:07.123456+00:00", as the real service writes publish times in attributes.
+std::string Rfc3339(int64_t micros) {
+  const time_t seconds = static_cast<time_t>(micros / kMicrosPerSecond);
+  std::tm tm{};
+  gmtime_r(&seconds, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lld+00:00", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<long long>(micros % kMicrosPerSecond));
+  return buf;
 }
 
 Status ValidateMessages(const std::vector<Message>& messages) {
@@ -856,7 +869,7 @@ void Broker::ForwardDeadLetter(const std::shared_ptr<Subscription>& sub, const D
   m.attributes["CloudPubSubDeadLetterSourceSubscription"] = sname.ok() ? sname->id : config.name;
   m.attributes["CloudPubSubDeadLetterSourceSubscriptionProject"] = sname.ok() ? sname->project : "";
   m.attributes["CloudPubSubDeadLetterSourceTopicPublishTime"] =
-      std::to_string((*msgs)[0].publish_time_micros);
+      Rfc3339((*msgs)[0].publish_time_micros);
   std::weak_ptr<Subscription> weak = sub;
   const uint64_t seq = d.seq;
   Publish(config.dead_letter_policy->dead_letter_topic, {std::move(m)},

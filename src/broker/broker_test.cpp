@@ -261,6 +261,8 @@ TEST_F(BrokerTest, DeadLetterAfterMaxDeliveryAttempts) {
   EXPECT_EQ(attrs.at("a"), "b");
   EXPECT_EQ(attrs.at("CloudPubSubDeadLetterSourceDeliveryCount"), "5");
   EXPECT_EQ(attrs.at("CloudPubSubDeadLetterSourceSubscription"), "workers");
+  EXPECT_EQ(attrs.at("CloudPubSubDeadLetterSourceTopicPublishTime"),
+            "2023-11-14T22:13:20.000000+00:00");
   Advance(100);
   EXPECT_TRUE(Pull().empty());  // acked on the source once forwarded
   for (const auto& b : broker_->Backlogs()) {

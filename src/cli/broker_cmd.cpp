@@ -20,6 +20,7 @@ struct BrokerFlags {
   std::string data_dir = "tidepool-data";
   std::string listen = "127.0.0.1:8085";
   std::string admin_listen = "127.0.0.1:8086";
+  int64_t stream_lifetime_seconds = 30 * 60;
 };
 
 // Parses --data-dir and --listen (and their TIDEPOOL_* environment variables); false on an
@@ -36,6 +37,14 @@ bool ParseBrokerFlags(const char* cmd, const Args& args, BrokerFlags* flags) {
       flags->listen = args[++i];
     } else if (args[i] == "--admin-listen" && has_value) {
       flags->admin_listen = args[++i];
+    } else if (args[i] == "--stream-lifetime" && has_value) {
+      char* end = nullptr;
+      flags->stream_lifetime_seconds = std::strtoll(args[++i].c_str(), &end, 10);
+      if (*end != '\0' || flags->stream_lifetime_seconds <= 0) {
+        std::fprintf(stderr, "tidepool %s: --stream-lifetime takes a positive number of seconds\n",
+                     cmd);
+        return false;
+      }
     } else {
       std::fprintf(stderr,
                    "tidepool %s: unknown option '%s' (known: --data-dir DIR, --listen HOST:PORT, "
@@ -67,6 +76,7 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
   }
   pubsub::ServerOptions server_options;
   server_options.listen = flags.listen;
+  server_options.stream_lifetime_micros = flags.stream_lifetime_seconds * 1'000'000;
   auto server = pubsub::PubsubServer::Start(b->get(), server_options);
   if (!server.ok()) {
     std::fprintf(stderr, "tidepool %s: %s\n", cmd, server.status().ToString().c_str());

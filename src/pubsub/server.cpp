@@ -260,6 +260,17 @@ class StreamingPullReactor final
     if (!sub_) {
       grpc::Status s = Setup(req);
       if (!s.ok()) return s;
+    } else if (req.stream_ack_deadline_seconds() != 0) {
+      // The client may change the stream's deadline at any time (the Node client does when it
+      // learns the subscription has exactly-once delivery); later deliveries use it.
+      const int deadline = req.stream_ack_deadline_seconds();
+      if (deadline < kMinStreamAckDeadline || deadline > kMaxStreamAckDeadline) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            "stream_ack_deadline_seconds must be between 10 and 600, got " +
+                                std::to_string(deadline));
+      }
+      std::lock_guard lock(mu_);
+      lease_seconds_ = deadline;
     }
     if (req.modify_deadline_seconds_size() != req.modify_deadline_ack_ids_size()) {
       return grpc::Status(
@@ -381,6 +392,7 @@ class StreamingPullReactor final
   // Writes the next response: queued confirmations first, then messages within flow control.
   void Pump() {
     std::shared_ptr<broker::Subscription> sub;
+    int lease_seconds = 0;
     size_t want_messages = 0;
     size_t want_bytes = 0;
     {
@@ -405,8 +417,9 @@ class StreamingPullReactor final
         want_bytes = std::min<size_t>(want_bytes, static_cast<size_t>(max_bytes_ - out_bytes));
       pulling_ = true;
       sub = sub_;
+      lease_seconds = lease_seconds_;
     }
-    auto got = sub->Pull(want_messages, want_bytes, lease_seconds_, consumer_);
+    auto got = sub->Pull(want_messages, want_bytes, lease_seconds, consumer_);
     std::lock_guard lock(mu_);
     pulling_ = false;
     if (!got.ok()) {

@@ -43,6 +43,7 @@ class PubsubApiTest : public ::testing::Test {
     ServerOptions so;
     so.listen = "127.0.0.1:0";
     so.pull_wait_micros = 2'000'000;
+    so.stream_lifetime_micros = stream_lifetime_micros_;
     auto s = PubsubServer::Start(broker_.get(), so);
     ASSERT_TRUE(s.ok()) << s.status().ToString();
     server_ = std::move(*s);
@@ -141,6 +142,7 @@ class PubsubApiTest : public ::testing::Test {
     return out;
   }
 
+  int64_t stream_lifetime_micros_ = 30ll * 60 * 1000 * 1000;
   storage::testing::TempDir dir_;
   storage::FaultInjectionEnv env_;
   std::unique_ptr<broker::Broker> broker_;
@@ -383,6 +385,37 @@ TEST_F(PubsubApiTest, StreamingPullRejectsABadFirstRequest) {
   while (stream2->Read(&resp)) {
   }
   EXPECT_EQ(stream2->Finish().error_code(), grpc::StatusCode::NOT_FOUND);
+}
+
+TEST_F(PubsubApiTest, ServerEndsStreamsAfterTheirLifetimeAndTheDeadlineCanChange) {
+  stream_lifetime_micros_ = 500'000;
+  Restart();
+  Setup();
+  grpc::ClientContext ctx;
+  auto stream = subscriber_->StreamingPull(&ctx);
+  v1::StreamingPullRequest first;
+  first.set_subscription(kSub);
+  first.set_stream_ack_deadline_seconds(10);
+  ASSERT_TRUE(stream->Write(first));
+  v1::StreamingPullRequest update;
+  update.set_stream_ack_deadline_seconds(60);
+  ASSERT_TRUE(stream->Write(update));
+  v1::StreamingPullResponse resp;
+  ASSERT_TRUE(stream->Read(&resp));  // subscription properties
+  // The update is read by the server right after the first request; give it that moment
+  // before anything is delivered.
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  Publish({"m"});
+  ASSERT_TRUE(stream->Read(&resp));
+  ASSERT_EQ(resp.received_messages_size(), 1);
+  // Leased for 60 s, not 10: still leased after 30.
+  Advance(30);
+  EXPECT_TRUE(Pull().received_messages().empty());
+  while (stream->Read(&resp)) {
+  }
+  auto st = stream->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(st.error_message().find("reopen"), std::string::npos);
 }
 
 TEST_F(PubsubApiTest, ExactlyOnceReturnsPerAckIdErrorInfo) {
