@@ -528,5 +528,94 @@ TEST_F(PubsubApiTest, SeekAndSnapshotsThroughTheApi) {
   }
 }
 
+TEST_F(PubsubApiTest, SnapshotAdminDetachAndPushConfig) {
+  Setup();
+  {
+    grpc::ClientContext ctx;
+    v1::CreateSnapshotRequest req;
+    v1::Snapshot resp;
+    req.set_name("projects/p/snapshots/keep");
+    req.set_subscription(kSub);
+    (*req.mutable_labels())["why"] = "test";
+    ASSERT_TRUE(subscriber_->CreateSnapshot(&ctx, req, &resp).ok());
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ListTopicSnapshotsRequest req;
+    v1::ListTopicSnapshotsResponse resp;
+    req.set_topic(kTopic);
+    ASSERT_TRUE(publisher_->ListTopicSnapshots(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.snapshots_size(), 1);
+    EXPECT_EQ(resp.snapshots(0), "projects/p/snapshots/keep");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::UpdateSnapshotRequest req;
+    v1::Snapshot resp;
+    req.mutable_snapshot()->set_name("projects/p/snapshots/keep");
+    (*req.mutable_snapshot()->mutable_labels())["why"] = "changed";
+    req.mutable_update_mask()->add_paths("labels");
+    ASSERT_TRUE(subscriber_->UpdateSnapshot(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.labels().at("why"), "changed");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::GetSnapshotRequest req;
+    v1::Snapshot resp;
+    req.set_snapshot("projects/p/snapshots/keep");
+    ASSERT_TRUE(subscriber_->GetSnapshot(&ctx, req, &resp).ok());
+    EXPECT_EQ(resp.labels().at("why"), "changed");
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::DeleteSnapshotRequest req;
+    google::protobuf::Empty resp;
+    req.set_snapshot("projects/p/snapshots/keep");
+    ASSERT_TRUE(subscriber_->DeleteSnapshot(&ctx, req, &resp).ok());
+    grpc::ClientContext ctx2;
+    EXPECT_EQ(subscriber_->DeleteSnapshot(&ctx2, req, &resp).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ModifyPushConfigRequest req;
+    google::protobuf::Empty resp;
+    req.set_subscription(kSub);
+    req.mutable_push_config()->set_push_endpoint("https://example.invalid/push");
+    ASSERT_TRUE(subscriber_->ModifyPushConfig(&ctx, req, &resp).ok());
+    grpc::ClientContext ctx2;
+    v1::GetSubscriptionRequest get;
+    v1::Subscription sub;
+    get.set_subscription(kSub);
+    ASSERT_TRUE(subscriber_->GetSubscription(&ctx2, get, &sub).ok());
+    EXPECT_EQ(sub.push_config().push_endpoint(), "https://example.invalid/push");
+  }
+  Publish({"before-detach"});
+  {
+    grpc::ClientContext ctx;
+    v1::DetachSubscriptionRequest req;
+    v1::DetachSubscriptionResponse resp;
+    req.set_subscription(kSub);
+    ASSERT_TRUE(publisher_->DetachSubscription(&ctx, req, &resp).ok());
+  }
+  EXPECT_TRUE(Pull().received_messages().empty());  // detached: delivers nothing
+  grpc::ClientContext ctx;
+  v1::GetSubscriptionRequest get;
+  v1::Subscription sub;
+  get.set_subscription(kSub);
+  ASSERT_TRUE(subscriber_->GetSubscription(&ctx, get, &sub).ok());
+  EXPECT_TRUE(sub.detached());
+}
+
+TEST_F(PubsubApiTest, MessagesOlderThanTheSubscriptionRetentionAreDropped) {
+  v1::Subscription s;
+  *s.mutable_message_retention_duration() = ToDuration(600ll * 1000000);  // 10 minutes
+  Setup(s);
+  Publish({"old"});
+  env_.AdvanceTime(601ll * 1000000);
+  Publish({"new"});
+  EXPECT_EQ(Data(Pull()), std::vector<std::string>{"new"});
+}
+
 }  // namespace
 }  // namespace tidepool::pubsub
