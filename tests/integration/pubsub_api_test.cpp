@@ -11,6 +11,7 @@
 #include "google/pubsub/v1/pubsub.grpc.pb.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
+#include "pubsub/client.h"
 #include "pubsub/convert.h"
 #include "pubsub/server.h"
 #include "storage/fault_env.h"
@@ -605,6 +606,30 @@ TEST_F(PubsubApiTest, SnapshotAdminDetachAndPushConfig) {
   get.set_subscription(kSub);
   ASSERT_TRUE(subscriber_->GetSubscription(&ctx, get, &sub).ok());
   EXPECT_TRUE(sub.detached());
+}
+
+TEST_F(PubsubApiTest, TheCppClientRoundTripsAndMapsErrors) {
+  auto client = PubsubClient::Connect("127.0.0.1:" + std::to_string(server_->port()));
+  ASSERT_TRUE(client->CreateTopic(kTopic).ok());
+  EXPECT_EQ(client->CreateTopic(kTopic).code(), StatusCode::kAlreadyExists);
+  v1::Subscription s;
+  s.set_name(kSub);
+  s.set_topic(kTopic);
+  ASSERT_TRUE(client->CreateSubscription(s).ok());
+  auto ids = client->Publish(kTopic, {{"hello", {{"a", "b"}}, ""}});
+  ASSERT_TRUE(ids.ok()) << ids.status().ToString();
+  ASSERT_EQ(ids->size(), 1u);
+  auto got = client->Pull(kSub, 10, true);
+  ASSERT_TRUE(got.ok());
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].message().data(), "hello");
+  EXPECT_EQ((*got)[0].message().message_id(), (*ids)[0]);
+  ASSERT_TRUE(client->Acknowledge(kSub, {(*got)[0].ack_id()}).ok());
+  EXPECT_EQ(client->Publish("projects/p/topics/none", {{"x", {}, ""}}).status().code(),
+            StatusCode::kNotFound);
+  EXPECT_EQ(client->ModifyAckDeadline(kSub, {"bad"}, 10).code(), StatusCode::kInvalidArgument);
+  ASSERT_TRUE(client->DeleteSubscription(kSub).ok());
+  ASSERT_TRUE(client->DeleteTopic(kTopic).ok());
 }
 
 TEST_F(PubsubApiTest, MessagesOlderThanTheSubscriptionRetentionAreDropped) {
