@@ -7,7 +7,7 @@
 namespace tidepool::broker {
 
 Topic::Topic(TopicConfig config, std::unique_ptr<storage::Log> log)
-    : log_(std::move(log)), config_(std::move(config)) {}
+    : config_(std::move(config)), log_(std::move(log)) {}
 
 void Topic::Publish(const std::vector<Message>& messages,
                     std::function<void(Result<std::vector<std::string>>)> done) {

@@ -42,10 +42,12 @@ class Topic {
   const storage::Log& log() const { return *log_; }
 
  private:
-  const std::unique_ptr<storage::Log> log_;
   mutable std::mutex mu_;
   TopicConfig config_;
   std::vector<std::weak_ptr<Subscription>> subs_;
+  // Last, so that it is destroyed first: closing the log runs the completions of queued
+  // publishes, which still use the members above.
+  const std::unique_ptr<storage::Log> log_;
 };
 
 }  // namespace tidepool::broker
