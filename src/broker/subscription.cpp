@@ -230,7 +230,8 @@ void Subscription::Persist(storage::CursorBatch batch) {
   if (batch.empty()) return;
   // Delivery state and plain acks are written behind: losing them in a crash only means a
   // redelivery, which at-least-once delivery allows.
-  cursor_->CommitAsync(std::move(batch), [](Status) {});
+  cursor_->CommitAsync(
+      std::move(batch), [](Status) {}, /*durable=*/false);
 }
 
 void Subscription::EndLease(uint64_t seq) {
@@ -484,6 +485,10 @@ Status Subscription::Reset(uint64_t floor, const std::vector<std::pair<uint64_t,
 
 storage::CursorState Subscription::DurableState() const {
   return cursor_->state();
+}
+
+void Subscription::SyncCursor() {
+  cursor_->SyncIfDirty();
 }
 
 storage::CursorState Subscription::AckState() const {

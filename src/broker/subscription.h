@@ -92,8 +92,10 @@ class Subscription {
   // Replaces the acknowledgement state (Seek) and forgets every lease. Durable on return.
   Status Reset(uint64_t floor, const std::vector<std::pair<uint64_t, uint64_t>>& acked,
                uint64_t new_epoch);
-  // The durable acknowledgement state, for retention.
+  // The acknowledgement state as written to the cursor, for retention.
   storage::CursorState DurableState() const;
+  // Makes written-behind delivery state and plain acks durable soon.
+  void SyncCursor();
   // The acknowledgement state as subscribers see it now (acks may not be durable yet), for
   // snapshots.
   storage::CursorState AckState() const;

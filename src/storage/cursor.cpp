@@ -255,6 +255,7 @@ Cursor::~Cursor() {
   }
   flusher_->Schedule(this);
   flusher_->Forget(this);
+  flusher_->WaitForCompletions();
   if (wal_) (void)wal_->Close();
 }
 
@@ -397,7 +398,15 @@ Status Cursor::Compact() {
   return env_->SyncDir(dir_);
 }
 
-void Cursor::CommitAsync(CursorBatch batch, std::function<void(Status)> done) {
+void Cursor::SyncIfDirty() {
+  {
+    std::lock_guard lock(pending_mu_);
+    sync_requested_ = true;
+  }
+  flusher_->Schedule(this);
+}
+
+void Cursor::CommitAsync(CursorBatch batch, std::function<void(Status)> done, bool durable) {
   batch.FlushAcks();
   batch.FlushDeliveries();
   if (batch.empty()) {
@@ -418,7 +427,7 @@ void Cursor::CommitAsync(CursorBatch batch, std::function<void(Status)> done) {
       done(Status::Unavailable("cursor " + dir_ + " is closing"));
       return;
     }
-    pending_.push_back(Pending{std::move(batch), std::move(done)});
+    pending_.push_back(Pending{std::move(batch), std::move(done), durable});
   }
   flusher_->Schedule(this);
 }
@@ -432,11 +441,28 @@ Status Cursor::Commit(CursorBatch batch) {
 
 void Cursor::CommitPending() {
   std::deque<Pending> batch;
+  bool sync_requested = false;
   {
     std::lock_guard lock(pending_mu_);
     batch.swap(pending_);
+    sync_requested = sync_requested_ || closing_;
+    sync_requested_ = false;
   }
-  if (batch.empty()) return;
+  if (batch.empty()) {
+    if (sync_requested && dirty_) {
+      Status s = wal_->Sync();
+      if (s.ok()) {
+        dirty_ = false;
+      } else {
+        std::lock_guard lock(mu_);
+        failed_ = Status::IOError("cursor " + dir_ + " is read-only after a failed fdatasync (" +
+                                  s.ToString() + "); restart to recover");
+      }
+    }
+    return;
+  }
+  bool durable = sync_requested;
+  for (const auto& p : batch) durable = durable || p.durable;
   {
     std::lock_guard lock(mu_);
     if (!failed_.ok()) {
@@ -456,7 +482,7 @@ void Cursor::CommitPending() {
       return;
     }
   }
-  if (s.ok()) s = wal_->Sync();
+  if (s.ok() && durable) s = wal_->Sync();
   if (!s.ok()) {
     Status failed;
     {
@@ -480,7 +506,10 @@ void Cursor::CommitPending() {
       }
     }
   }
-  for (auto& p : batch) p.done(Status::Ok());
+  dirty_ = !durable;
+  flusher_->Complete([batch = std::move(batch)]() mutable {
+    for (auto& p : batch) p.done(Status::Ok());
+  });
   if (wal_->Size() >= options_.compact_bytes) {
     Status cs = Compact();
     if (!cs.ok()) {

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <random>
 
 #include "storage/fault_env.h"
@@ -208,6 +209,39 @@ TEST_F(CursorTest, FsyncFailureMakesTheCursorReadOnly) {
   b2.Ack(Seq(1));
   EXPECT_FALSE(c->Commit(std::move(b2)).ok());
   EXPECT_EQ(c->floor(), Seq(0));  // never applied
+}
+
+TEST_F(CursorTest, WrittenBehindBatchesAreDurableOnlyAfterASync) {
+  auto commit_lazy = [](Cursor* c, uint64_t seq) {
+    std::promise<Status> done;
+    CursorBatch b;
+    b.Ack(Seq(seq));
+    c->CommitAsync(
+        std::move(b), [&](Status s) { done.set_value(s); }, /*durable=*/false);
+    return done.get_future().get();
+  };
+  {
+    auto c = Open();
+    ASSERT_TRUE(commit_lazy(c.get(), 0).ok());
+    EXPECT_EQ(c->floor(), Seq(1));  // applied at once
+    env_.CrashAfterOps(0);          // the machine stops before anything else reaches the disk
+  }
+  ASSERT_TRUE(env_.PowerLoss(FaultInjectionEnv::PowerLossMode::kDropUnsynced).ok());
+  {
+    auto c = Open();
+    EXPECT_EQ(c->floor(), Seq(0)) << "never synced: lost to the power loss";
+    ASSERT_TRUE(commit_lazy(c.get(), 0).ok());
+    ASSERT_TRUE(commit_lazy(c.get(), 1).ok());
+    c->SyncIfDirty();
+    CursorBatch durable;
+    durable.Ack(Seq(5));
+    ASSERT_TRUE(c->Commit(std::move(durable)).ok());  // syncs everything before it too
+    env_.CrashAfterOps(0);
+  }
+  ASSERT_TRUE(env_.PowerLoss(FaultInjectionEnv::PowerLossMode::kDropUnsynced).ok());
+  auto c = Open();
+  EXPECT_EQ(c->floor(), Seq(2));
+  EXPECT_TRUE(c->state().IsAcked(Seq(5)));
 }
 
 TEST_F(CursorTest, SeekResetIsDurable) {

@@ -4,6 +4,7 @@ namespace tidepool::storage {
 
 Flusher::Flusher(int threads) {
   if (threads < 1) threads = 1;
+  completer_ = std::thread([this] { RunCompletions(); });
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
 }
 
@@ -14,6 +15,42 @@ Flusher::~Flusher() {
   }
   work_cv_.notify_all();
   for (auto& t : threads_) t.join();
+  {
+    std::lock_guard lock(completions_mu_);
+    completions_stopping_ = true;
+  }
+  completions_cv_.notify_all();
+  completer_.join();
+}
+
+void Flusher::Complete(std::function<void()> fn) {
+  {
+    std::lock_guard lock(completions_mu_);
+    completions_.push_back(std::move(fn));
+  }
+  completions_cv_.notify_one();
+}
+
+void Flusher::WaitForCompletions() {
+  std::unique_lock lock(completions_mu_);
+  completions_idle_cv_.wait(lock, [&] { return completions_.empty() && !completing_; });
+}
+
+void Flusher::RunCompletions() {
+  std::unique_lock lock(completions_mu_);
+  for (;;) {
+    completions_cv_.wait(lock, [&] { return completions_stopping_ || !completions_.empty(); });
+    if (completions_.empty()) return;  // stopping, and everything has run
+    // Take the whole queue: one lock round trip for many completions.
+    std::deque<std::function<void()>> batch;
+    batch.swap(completions_);
+    completing_ = true;
+    lock.unlock();
+    for (auto& fn : batch) fn();
+    lock.lock();
+    completing_ = false;
+    if (completions_.empty()) completions_idle_cv_.notify_all();
+  }
 }
 
 void Flusher::Schedule(Committable* c) {

@@ -8,6 +8,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -39,9 +40,20 @@ class Flusher {
   // REQUIRES: nothing schedules c concurrently (its owner is shutting it down).
   void Forget(Committable* c);
 
+  // Runs `fn` on the completion thread, in the order of the calls. Committables hand their
+  // appenders' completions here, so that waking them overlaps the next group's write and
+  // fsync instead of delaying it.
+  void Complete(std::function<void()> fn);
+  // A completion must not block on another commit (say, a blocking Log::Append): that
+  // commit's completion would queue behind it.
+  // Waits until every completion handed over so far has run.
+  // REQUIRES: not called from a completion.
+  void WaitForCompletions();
+
  private:
   enum class State { kQueued, kRunning, kRunningRequeue };
   void Run();
+  void RunCompletions();
 
   std::mutex mu_;
   std::condition_variable work_cv_;
@@ -50,6 +62,14 @@ class Flusher {
   std::unordered_map<Committable*, State> states_;
   bool stopping_ = false;
   std::vector<std::thread> threads_;
+
+  std::mutex completions_mu_;
+  std::condition_variable completions_cv_;
+  std::condition_variable completions_idle_cv_;
+  std::deque<std::function<void()>> completions_;
+  bool completing_ = false;
+  bool completions_stopping_ = false;
+  std::thread completer_;
 };
 
 }  // namespace tidepool::storage

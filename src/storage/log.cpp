@@ -139,6 +139,7 @@ Log::~Log() {
   pending_cv_.notify_all();
   flusher_->Schedule(this);
   flusher_->Forget(this);
+  flusher_->WaitForCompletions();
   if (writer_) (void)writer_->Close();
 }
 
@@ -549,12 +550,15 @@ void Log::CommitPending() {
     active->index.insert(active->index.end(), new_entries.begin(), new_entries.end());
     next_seq_ = seq;
   }
-  uint64_t next = first;
-  for (auto& a : batch) {
-    SeqRange range{Seq(next), a.records.size(), ts};
-    next += a.records.size();
-    a.done(range);
-  }
+  // Wake the appenders off this thread: the next group's write and fsync need not wait.
+  flusher_->Complete([batch = std::move(batch), first, ts]() mutable {
+    uint64_t next = first;
+    for (auto& a : batch) {
+      SeqRange range{Seq(next), a.records.size(), ts};
+      next += a.records.size();
+      a.done(range);
+    }
+  });
 }
 
 std::shared_ptr<Log::Segment> Log::FindSegment(uint64_t seq) const {

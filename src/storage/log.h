@@ -5,8 +5,9 @@
 // per group. An appender learns its sequence numbers only after its group is durable. Reads
 // return committed records only.
 //
-// Thread-safety: every method may be called from any thread. Completions run on a flusher
-// thread and must not block: post to your own executor if there is real work to do.
+// Thread-safety: every method may be called from any thread. Completions run on the flusher's
+// completion thread and must not block — in particular not on another append (a blocking
+// Append from a completion deadlocks): post to your own executor if there is real work to do.
 // Lifetime: the Flusher must outlive the Log. Destroying the Log commits what is queued.
 #pragma once
 
