@@ -398,6 +398,21 @@ Result<SeqRange> Log::Append(std::vector<std::string> records) {
   return future.get();
 }
 
+void Log::EnterFailedState(Status status, std::deque<PendingAppend>* batch) {
+  std::deque<PendingAppend> rest;
+  {
+    std::lock_guard plock(pending_mu_);
+    rest.swap(pending_);
+    pending_bytes_ = 0;
+  }
+  {
+    std::lock_guard lock(mu_);
+    failed_ = status;
+  }
+  FailPending(status, batch);
+  FailPending(status, &rest);
+}
+
 void Log::FailPending(const Status& status, std::deque<PendingAppend>* appends) {
   for (auto& a : *appends) a.done(status);
   appends->clear();
@@ -498,42 +513,19 @@ void Log::CommitPending() {
       FailPending(ws.WithContext("append to log " + dir_), &batch);
       return;
     }
-    std::deque<PendingAppend> rest;
-    {
-      std::lock_guard plock(pending_mu_);
-      rest.swap(pending_);
-      pending_bytes_ = 0;
-    }
-    Status failed;
-    {
-      std::lock_guard lock(mu_);
-      failed_ = Status::IOError("log " + dir_ + " is read-only: a write failed (" + ws.ToString() +
-                                ") and could not be undone (" + undo.ToString() + ")");
-      failed = failed_;
-    }
-    FailPending(failed, &batch);
-    FailPending(failed, &rest);
+    EnterFailedState(
+        Status::IOError("log " + dir_ + " is read-only: a write failed (" + ws.ToString() +
+                        ") and could not be undone (" + undo.ToString() + ")"),
+        &batch);
     return;
   }
   Status ss = writer_->Sync();
   if (!ss.ok()) {
     // After a failed fdatasync the state of the file on disk is unknown: never write again.
-    std::deque<PendingAppend> rest;
-    {
-      std::lock_guard plock(pending_mu_);
-      rest.swap(pending_);
-      pending_bytes_ = 0;
-    }
-    Status failed;
-    {
-      std::lock_guard lock(mu_);
-      failed_ = Status::IOError("log " + dir_ + " is read-only after a failed fdatasync of " +
-                                active->path + " (" + ss.ToString() +
-                                "); restart to recover from the last durable record");
-      failed = failed_;
-    }
-    FailPending(failed, &batch);
-    FailPending(failed, &rest);
+    EnterFailedState(Status::IOError("log " + dir_ + " is read-only after a failed fdatasync of " +
+                                     active->path + " (" + ss.ToString() +
+                                     "); restart to recover from the last durable record"),
+                     &batch);
     return;
   }
 

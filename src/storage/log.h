@@ -139,6 +139,8 @@ class Log final : public Committable {
   Status SealActive();
   Status WriteIndexFile(const Segment& seg);
   void FailPending(const Status& status, std::deque<PendingAppend>* appends);
+  // Makes the log read-only with `status` and fails `batch` and everything queued.
+  void EnterFailedState(Status status, std::deque<PendingAppend>* batch);
   // Reads the committed records of one segment in [from, ...) into out.
   Status ReadSegment(const std::shared_ptr<Segment>& seg, uint64_t from, size_t max_records,
                      size_t max_bytes, std::vector<LogRecord>* out, size_t* out_bytes) const;
