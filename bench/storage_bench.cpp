@@ -17,6 +17,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cinttypes>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -312,7 +313,7 @@ struct EngineRun {
   IoCounts io;
   uint64_t acks_ahead_of_fsync = 0;  // must stay 0
 
-  double records_per_second() const { return records / seconds; }
+  double records_per_second() const { return static_cast<double>(records) / seconds; }
   EngineRun& operator+=(const EngineRun& other) {
     records += other.records;
     seconds += other.seconds;
@@ -398,16 +399,18 @@ Result<EngineRun> RunEngine(const Flags& flags, Mode mode, size_t record_bytes, 
   storage::Flusher flusher(1);
   RunState state(&env, record_bytes);
   std::vector<std::unique_ptr<Appender>> appender_states;
+  appender_states.reserve(static_cast<size_t>(appenders));
   for (int i = 0; i < appenders; ++i) {
     appender_states.push_back(
         std::make_unique<Appender>(RandomBytes(record_bytes, static_cast<uint64_t>(i) + 1)));
   }
-  // Declared after everything its completions touch, so it is destroyed (and drained) first.
+  // Declared after everything its completions touch, so it is destroyed first.
   TP_ASSIGN_OR_RETURN(std::unique_ptr<storage::Log> log,
                       storage::Log::Open(&env, dir, flags.log_options, &flusher));
 
   std::latch start(appenders + 1);
   std::vector<std::thread> threads;
+  threads.reserve(appender_states.size());
   for (auto& appender : appender_states) {
     threads.emplace_back([&, appender = appender.get()] {
       start.arrive_and_wait();
@@ -427,6 +430,9 @@ Result<EngineRun> RunEngine(const Flags& flags, Mode mode, size_t record_bytes, 
   const auto t1 = Clock::now();
   const IoCounts io = env.counts() - io_before;
   log.reset();
+  // Completions run on the flusher's completion thread and may still be finishing (a
+  // pipelined completion ends after it releases its appender's slot).
+  flusher.WaitForCompletions();
 
   if (!state.error.ok()) return state.error;
   EngineRun run;
@@ -551,7 +557,9 @@ struct Row {
     return n % 2 == 1 ? ratios[n / 2] : (ratios[n / 2 - 1] + ratios[n / 2]) / 2;
   }
   double fsyncs_per_record() const {
-    return engine.records == 0 ? 0 : static_cast<double>(engine.io.file_syncs) / engine.records;
+    return engine.records == 0
+               ? 0
+               : static_cast<double>(engine.io.file_syncs) / static_cast<double>(engine.records);
   }
 };
 
@@ -606,7 +614,7 @@ std::string SizeName(size_t bytes) {
 
 // 1234567.8 -> "1,234,568"
 std::string Grouped(double value) {
-  const auto n = static_cast<uint64_t>(value + 0.5);
+  const auto n = static_cast<uint64_t>(std::llround(value));
   std::string digits = std::to_string(n);
   std::string out;
   for (size_t i = 0; i < digits.size(); ++i) {
@@ -670,8 +678,9 @@ void PrintTables(const Flags& flags, const std::vector<Row>& rows) {
     const IoCounts& io = r.engine.io;
     const double busy =
         static_cast<double>(io.write_nanos + io.sync_nanos) / 1e9 / r.engine.seconds;
-    const double per_sync =
-        io.file_syncs == 0 ? 0 : static_cast<double>(r.engine.records) / io.file_syncs;
+    const double per_sync = io.file_syncs == 0 ? 0
+                                               : static_cast<double>(r.engine.records) /
+                                                     static_cast<double>(io.file_syncs);
     std::printf("| %s | %s | %d | %s | %s | %s | %s | %s%% | %s | %s | %" PRIu64 " | %" PRIu64
                 " | %s%% | %s%% |\n",
                 ModeName(r.mode), SizeName(r.record_bytes).c_str(), r.appenders,
@@ -737,23 +746,7 @@ void RemoveOnSignal(const std::string& root) {
   }).detach();
 }
 
-int Main(int argc, char** argv) {
-  auto parsed = ParseFlags(argc, argv);
-  if (!parsed) {
-    Usage();
-    return 2;
-  }
-  const Flags flags = *parsed;
-  const std::string parent = flags.dir.empty() ? DefaultDataDir() : flags.dir;
-  std::string root_template = storage::JoinPath(parent, "storage_bench-XXXXXX");
-  if (::mkdtemp(root_template.data()) == nullptr) {
-    std::fprintf(stderr, "cannot create a temp dir under %s: %s\n", parent.c_str(),
-                 std::strerror(errno));
-    return 1;
-  }
-  const std::string root = root_template;
-  RemoveOnSignal(root);
-
+void PrintSetup(const Flags& flags, const std::string& root) {
   const auto& o = flags.log_options;
   std::printf("storage_bench: %u CPUs (%s); data dir %s on %s\n",
               std::thread::hardware_concurrency(), CpuModel().c_str(), root.c_str(),
@@ -790,48 +783,72 @@ int Main(int argc, char** argv) {
   }
   std::printf("\n");
   std::fflush(stdout);
+}
 
-  // Small records first: the large ones leave the VM's disk slow for a while after them.
+// Measures one row, again while others used more of the CPU than flags.max_other_cpu allows.
+Result<Row> MeasureRowWhenQuiet(const Flags& flags, Mode mode, size_t record_bytes, int appenders,
+                                const std::string& root, int* run_number) {
+  auto row = MeasureRow(flags, mode, record_bytes, appenders, root, run_number);
+  for (int retry = 1; row.ok() && row->cpu.others > flags.max_other_cpu && retry <= kBusyRetries;
+       ++retry) {
+    std::fprintf(stderr,
+                 "%s %s x%d: other processes used %.0f%% of the CPU; measuring again in %lld s "
+                 "(%d/%d)\n",
+                 ModeName(mode), SizeName(record_bytes).c_str(), appenders, 100 * row->cpu.others,
+                 static_cast<long long>(kBusyPause.count()), retry, kBusyRetries);
+    std::this_thread::sleep_for(kBusyPause);
+    row = MeasureRow(flags, mode, record_bytes, appenders, root, run_number);
+  }
+  return row;
+}
+
+// Every row, small records first: the large ones leave the VM's disk slow for a while.
+Result<std::vector<Row>> MeasureAll(const Flags& flags, const std::string& root) {
   std::vector<Row> rows;
   int run_number = 0;
-  Status failure;
   for (size_t record_bytes : flags.record_sizes) {
     for (int appenders : flags.appender_counts) {
       for (Mode mode : flags.modes) {
-        if (!failure.ok()) break;
-        auto row = MeasureRow(flags, mode, record_bytes, appenders, root, &run_number);
-        for (int retry = 1;
-             row.ok() && row->cpu.others > flags.max_other_cpu && retry <= kBusyRetries; ++retry) {
-          std::fprintf(stderr,
-                       "%s %s x%d: other processes used %.0f%% of the CPU; measuring again in "
-                       "%lld s (%d/%d)\n",
-                       ModeName(mode), SizeName(record_bytes).c_str(), appenders,
-                       100 * row->cpu.others, static_cast<long long>(kBusyPause.count()), retry,
-                       kBusyRetries);
-          std::this_thread::sleep_for(kBusyPause);
-          row = MeasureRow(flags, mode, record_bytes, appenders, root, &run_number);
-        }
-        if (!row.ok()) {
-          failure = row.status();
-          break;
-        }
-        std::fprintf(
-            stderr, "%s %s x%d: %s records/s, raw %s, ratio %s\n", ModeName(mode),
-            SizeName(record_bytes).c_str(), appenders, Grouped(row->records_per_second()).c_str(),
-            Grouped(row->raw_records_per_second()).c_str(), RatioCell(flags, *row).c_str());
-        rows.push_back(*row);
+        TP_ASSIGN_OR_RETURN(
+            Row row, MeasureRowWhenQuiet(flags, mode, record_bytes, appenders, root, &run_number));
+        std::fprintf(stderr, "%s %s x%d: %s records/s, raw %s, ratio %s\n", ModeName(mode),
+                     SizeName(record_bytes).c_str(), appenders,
+                     Grouped(row.records_per_second()).c_str(),
+                     Grouped(row.raw_records_per_second()).c_str(), RatioCell(flags, row).c_str());
+        rows.push_back(std::move(row));
       }
     }
   }
-  std::error_code ec;
-  std::filesystem::remove_all(root, ec);
+  return rows;
+}
 
-  PrintTables(flags, rows);
-  const bool durable = PrintGoals(rows);
-  if (!failure.ok()) {
-    std::fprintf(stderr, "storage_bench: %s\n", failure.ToString().c_str());
+int Main(int argc, char** argv) {
+  auto parsed = ParseFlags(argc, argv);
+  if (!parsed) {
+    Usage();
+    return 2;
+  }
+  const Flags flags = *parsed;
+  const std::string parent = flags.dir.empty() ? DefaultDataDir() : flags.dir;
+  std::string root_template = storage::JoinPath(parent, "storage_bench-XXXXXX");
+  if (::mkdtemp(root_template.data()) == nullptr) {
+    std::fprintf(stderr, "cannot create a temp dir under %s: %s\n", parent.c_str(),
+                 std::strerror(errno));
     return 1;
   }
+  const std::string root = root_template;
+  RemoveOnSignal(root);
+
+  PrintSetup(flags, root);
+  auto rows = MeasureAll(flags, root);
+  std::error_code ec;
+  std::filesystem::remove_all(root, ec);
+  if (!rows.ok()) {
+    std::fprintf(stderr, "storage_bench: %s\n", rows.status().ToString().c_str());
+    return 1;
+  }
+  PrintTables(flags, *rows);
+  const bool durable = PrintGoals(*rows);
   return durable ? 0 : 1;
 }
 
