@@ -322,9 +322,14 @@ TEST_F(BrokerTest, ExactlyOnceRejectsExpiredAndStaleAckIds) {
 
 TEST_F(BrokerTest, MalformedAckIdIsAnErrorWithoutExactlyOnce) {
   CreateTopicAndSub();
-  AckResult r = Ack({"not-an-ack-id"});
+  Publish(kTopic, {Msg("m")});
+  auto got = Pull();
+  ASSERT_EQ(got.size(), 1u);
+  // The request fails whole: the valid id before the malformed one is not acknowledged either.
+  AckResult r = Ack({got[0].ack_id, "not-an-ack-id"});
   EXPECT_EQ(r.status.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(r.status.message().find("not-an-ack-id"), std::string::npos);
+  EXPECT_EQ(broker_->Backlogs()[0].backlog.undelivered_messages, 1u);
 }
 
 TEST_F(BrokerTest, StateSurvivesRestart) {

@@ -47,6 +47,22 @@ bool Subscription::ParseAckId(const std::string& s, AckId* out) {
          out->attempt > 0;
 }
 
+Status Subscription::ParseAckIds(const std::vector<std::string>& ids, bool exactly_once,
+                                 std::vector<std::pair<std::string, AckId>>* parsed,
+                                 std::vector<std::string>* invalid) {
+  for (const auto& id : ids) {
+    AckId a;
+    if (ParseAckId(id, &a)) {
+      parsed->emplace_back(id, a);
+    } else if (exactly_once) {
+      invalid->push_back(id);
+    } else {
+      return Status::InvalidArgument("invalid ack id \"" + id + "\"");
+    }
+  }
+  return Status::Ok();
+}
+
 Status Subscription::Attach(std::shared_ptr<Topic> topic) {
   const int64_t now = env_->NowMicros();
   storage::CursorState durable = cursor_->state();
@@ -289,18 +305,16 @@ void Subscription::Acknowledge(const std::vector<std::string>& ack_ids,
   storage::CursorBatch batch;
   bool exactly_once = false;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     exactly_once = config_.enable_exactly_once_delivery;
-    for (const auto& id : ack_ids) {
-      AckId a;
-      if (!ParseAckId(id, &a)) {
-        if (exactly_once) {
-          result.invalid_ack_ids.push_back(id);
-          continue;
-        }
-        done(AckResult{Status::InvalidArgument("invalid ack id \"" + id + "\""), {}});
-        return;
-      }
+    std::vector<std::pair<std::string, AckId>> parsed;
+    Status valid = ParseAckIds(ack_ids, exactly_once, &parsed, &result.invalid_ack_ids);
+    if (!valid.ok()) {
+      lock.unlock();
+      done(AckResult{valid, {}});
+      return;
+    }
+    for (const auto& [id, a] : parsed) {
       if (a.epoch != epoch_) {
         if (exactly_once) result.invalid_ack_ids.push_back(id);
         continue;  // issued before a seek: the message was delivered anew since
@@ -373,18 +387,16 @@ void Subscription::ModifyAckDeadline(const std::vector<std::string>& ack_ids, in
   storage::CursorBatch batch;
   bool exactly_once = false;
   {
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     exactly_once = config_.enable_exactly_once_delivery;
-    for (const auto& id : ack_ids) {
-      AckId a;
-      if (!ParseAckId(id, &a)) {
-        if (exactly_once) {
-          result.invalid_ack_ids.push_back(id);
-          continue;
-        }
-        done(AckResult{Status::InvalidArgument("invalid ack id \"" + id + "\""), {}});
-        return;
-      }
+    std::vector<std::pair<std::string, AckId>> parsed;
+    Status valid = ParseAckIds(ack_ids, exactly_once, &parsed, &result.invalid_ack_ids);
+    if (!valid.ok()) {
+      lock.unlock();
+      done(AckResult{valid, {}});
+      return;
+    }
+    for (const auto& [id, a] : parsed) {
       auto it = leased_.find(a.seq);
       const bool current = a.epoch == epoch_ && it != leased_.end() &&
                            it->second.attempt == a.attempt && it->second.deadline > now;

@@ -131,6 +131,11 @@ class Subscription {
 
   static std::string FormatAckId(uint64_t epoch, uint64_t seq, uint32_t attempt);
   static bool ParseAckId(const std::string& s, AckId* out);
+  // Parses every id before any is applied. Without exactly-once one malformed id fails the
+  // whole request (nothing of it applied); with it, malformed ids go to `invalid`.
+  static Status ParseAckIds(const std::vector<std::string>& ids, bool exactly_once,
+                            std::vector<std::pair<std::string, AckId>>* parsed,
+                            std::vector<std::string>* invalid);
 
   // REQUIRES: mu_ held.
   void EndLease(uint64_t seq);
