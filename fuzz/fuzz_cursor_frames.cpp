@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "repair_checksums.h"
 #include "storage/coding.h"
 #include "storage/crc32c.h"
 #include "storage/cursor.h"
@@ -32,24 +33,6 @@ namespace {
   do {                                                   \
     if (!(cond)) Violated(#cond, __LINE__); /* NOLINT */ \
   } while (0)
-
-// Rewrites the checksum of each whole frame of the current version (see fuzz_segment_scan).
-std::string RepairChecksums(std::string_view data) {
-  std::string out(data);
-  size_t pos = 0;
-  while (out.size() - pos >= kFrameHeaderSize) {
-    char* h = out.data() + pos;
-    const uint32_t length = DecodeFixed32(h + 4);
-    if (length > kMaxFramePayload || out.size() - pos - kFrameHeaderSize < length) break;
-    if (static_cast<uint8_t>(h[9]) == kFormatVersion) {
-      const uint32_t crc =
-          crc32c::Extend(crc32c::Extend(0, h + 8, 2), h + kFrameHeaderSize, length);
-      EncodeFixed32(h, crc32c::Mask(crc));
-    }
-    pos += kFrameHeaderSize + length;
-  }
-  return out;
-}
 
 // The acked state as probe points that must stay acknowledged: floor - 1 and the ends of every
 // range.

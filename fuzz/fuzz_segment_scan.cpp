@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "repair_checksums.h"
 #include "storage/coding.h"
 #include "storage/crc32c.h"
 #include "storage/frame.h"
@@ -54,26 +55,6 @@ constexpr size_t kHeaderBaseOffset = kFrameHeaderSize + 8;
 uint64_t ClaimedBase(std::string_view data) {
   if (data.size() < kHeaderBaseOffset + 8) return 0;
   return DecodeFixed64(data.data() + kHeaderBaseOffset);
-}
-
-// Walks the frames from offset 0 by their length fields and rewrites the checksum of each whole
-// frame of the current version. A frame whose version byte is anything else keeps its stored
-// checksum, so the fuzzer can still place a bad-checksum frame by flipping one byte.
-std::string RepairChecksums(std::string_view data) {
-  std::string out(data);
-  size_t pos = 0;
-  while (out.size() - pos >= kFrameHeaderSize) {
-    char* h = out.data() + pos;
-    const uint32_t length = DecodeFixed32(h + 4);
-    if (length > kMaxFramePayload || out.size() - pos - kFrameHeaderSize < length) break;
-    if (static_cast<uint8_t>(h[9]) == kFormatVersion) {
-      const uint32_t crc =
-          crc32c::Extend(crc32c::Extend(0, h + 8, 2), h + kFrameHeaderSize, length);
-      EncodeFixed32(h, crc32c::Mask(crc));
-    }
-    pos += kFrameHeaderSize + length;
-  }
-  return out;
 }
 
 // The (first) sequence number and timestamp of the GROUP or RECORD frame at `offset`, as an
