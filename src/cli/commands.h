@@ -12,5 +12,6 @@ using Args = std::vector<std::string>;
 int RunUp(const Args& args);
 int RunBroker(const Args& args);
 int RunStorage(const Args& args);
+int RunPools(const Args& args);
 
 }  // namespace tidepool::cli

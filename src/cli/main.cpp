@@ -23,6 +23,9 @@ constexpr char kUsage[] =
     "                             health on the admin address (default 127.0.0.1:8086);\n"
     "                             --stream-lifetime SECONDS: StreamingPull streams are ended\n"
     "                             (UNAVAILABLE) after this long and clients reopen (default 1800)\n"
+    "  pools list|describe|deploy|scale|update-split|rollback|logs ...\n"
+    "                             Operate worker pools through the admin API (tidepool pools\n"
+    "                             help)\n"
     "  storage inspect DIR        Show the segments, sequence range and recovery report of a log\n"
     "  storage verify DIR         Read every record of a log and check every checksum\n"
     "  version                    Print the version\n"
@@ -46,6 +49,7 @@ int Dispatch(int argc, char** argv) {
   if (cmd == "up") return tidepool::cli::RunUp(args);
   if (cmd == "broker") return tidepool::cli::RunBroker(args);
   if (cmd == "storage") return tidepool::cli::RunStorage(args);
+  if (cmd == "pools") return tidepool::cli::RunPools(args);
   std::fprintf(stderr, "tidepool: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

@@ -23,8 +23,15 @@ Status FromGrpc(const grpc::Status& s) {
       return Status::OutOfRange(s.error_message());
     case C::RESOURCE_EXHAUSTED:
       return Status::ResourceExhausted(s.error_message());
-    case C::UNAVAILABLE:
+    case C::UNIMPLEMENTED:
+      return Status::Unimplemented(s.error_message());
+    case C::PERMISSION_DENIED:
+      return Status::PermissionDenied(s.error_message());
+    case C::UNAUTHENTICATED:
+      return Status::Unauthenticated(s.error_message());
     case C::DEADLINE_EXCEEDED:
+      return Status::DeadlineExceeded(s.error_message());
+    case C::UNAVAILABLE:
     case C::CANCELLED:
     case C::ABORTED:
       return Status::Unavailable(s.error_message());

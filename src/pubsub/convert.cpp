@@ -40,6 +40,18 @@ grpc::Status ToGrpc(const Status& s) {
     case tidepool::StatusCode::kInternal:
       code = StatusCode::INTERNAL;
       break;
+    case tidepool::StatusCode::kUnimplemented:
+      code = StatusCode::UNIMPLEMENTED;
+      break;
+    case tidepool::StatusCode::kPermissionDenied:
+      code = StatusCode::PERMISSION_DENIED;
+      break;
+    case tidepool::StatusCode::kUnauthenticated:
+      code = StatusCode::UNAUTHENTICATED;
+      break;
+    case tidepool::StatusCode::kDeadlineExceeded:
+      code = StatusCode::DEADLINE_EXCEEDED;
+      break;
   }
   return grpc::Status(code, s.message());
 }
