@@ -9,7 +9,9 @@
 #include "broker/broker.h"
 #include "broker/report.h"
 #include "cli/commands.h"
+#include "cli/pool_runner.h"
 #include "pubsub/server.h"
+#include "queue/queue.h"
 
 namespace tidepool::cli {
 namespace {
@@ -21,7 +23,16 @@ struct BrokerFlags {
   std::string listen = "127.0.0.1:8085";
   std::string admin_listen = "127.0.0.1:8086";
   int64_t stream_lifetime_seconds = 30 * 60;
+  std::string config_path;  // `up` only: pools to run
 };
+
+// The address a local client uses for a server listening on `listen` (a wildcard host
+// becomes loopback) at `port`.
+std::string LoopbackEndpoint(const std::string& listen, int port) {
+  std::string host = listen.substr(0, listen.rfind(':'));
+  if (host.empty() || host == "0.0.0.0" || host == "[::]" || host == "::") host = "127.0.0.1";
+  return host + ":" + std::to_string(port);
+}
 
 // Parses --data-dir and --listen (and their TIDEPOOL_* environment variables); false on an
 // unknown option, after saying which.
@@ -29,12 +40,15 @@ bool ParseBrokerFlags(const char* cmd, const Args& args, BrokerFlags* flags) {
   if (const char* env = std::getenv("TIDEPOOL_DATA_DIR")) flags->data_dir = env;
   if (const char* env = std::getenv("TIDEPOOL_BROKER_LISTEN")) flags->listen = env;
   if (const char* env = std::getenv("TIDEPOOL_BROKER_ADMIN_LISTEN")) flags->admin_listen = env;
+  if (const char* env = std::getenv("TIDEPOOL_CONFIG")) flags->config_path = env;
   for (size_t i = 0; i < args.size(); ++i) {
     const bool has_value = i + 1 < args.size();
     if (args[i] == "--data-dir" && has_value) {
       flags->data_dir = args[++i];
     } else if (args[i] == "--listen" && has_value) {
       flags->listen = args[++i];
+    } else if (args[i] == "--config" && has_value && std::string(cmd) == "up") {
+      flags->config_path = args[++i];
     } else if (args[i] == "--admin-listen" && has_value) {
       flags->admin_listen = args[++i];
     } else if (args[i] == "--stream-lifetime" && has_value) {
@@ -48,8 +62,8 @@ bool ParseBrokerFlags(const char* cmd, const Args& args, BrokerFlags* flags) {
     } else {
       std::fprintf(stderr,
                    "tidepool %s: unknown option '%s' (known: --data-dir DIR, --listen HOST:PORT, "
-                   "--admin-listen HOST:PORT)\n",
-                   cmd, args[i].c_str());
+                   "--admin-listen HOST:PORT, --stream-lifetime SECONDS%s)\n",
+                   cmd, args[i].c_str(), std::string(cmd) == "up" ? ", --config FILE" : "");
       return false;
     }
   }
@@ -83,20 +97,52 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
     return 1;
   }
   broker::Broker* raw = b->get();
-  auto admin = admin::AdminServer::Start(
-      flags.admin_listen,
-      {{"/healthz",
-        [] {
-          return admin::Response{200, "text/plain", "ok\n"};
-        }},
-       {"/v1/backlog",
-        [raw] {
-          return admin::Response{200, "application/json", broker::BacklogJson(raw->Backlogs())};
-        }},
-       {"/metrics", [raw] {
-          return admin::Response{200, "text/plain; version=0.0.4",
-                                 broker::BacklogMetrics(raw->Backlogs())};
-        }}});
+
+  // Pools (`up`): instances reach the broker over gRPC on loopback, like any Pub/Sub client;
+  // the autoscaler reads backlog from the broker in-process.
+  std::unique_ptr<queue::Queue> queue;
+  std::unique_ptr<pool::PoolManager> pools;
+  if (std::string(cmd) == "up") {
+    queue::QueueOptions qo;
+    qo.backend = "embedded";
+    qo.broker = raw;
+    auto q = queue::OpenQueue(qo);
+    if (!q.ok()) {
+      std::fprintf(stderr, "tidepool %s: %s\n", cmd, q.status().ToString().c_str());
+      return 1;
+    }
+    queue = std::move(*q);
+    PoolRunnerOptions po;
+    po.config_path = flags.config_path;
+    po.queue = queue.get();
+    po.data_dir = flags.data_dir;
+    po.pubsub_endpoint = LoopbackEndpoint(flags.listen, (*server)->port());
+    auto started = StartPools(po);
+    if (!started.ok()) {
+      std::fprintf(stderr, "tidepool %s: %s\n", cmd, started.status().ToString().c_str());
+      return 1;
+    }
+    pools = std::move(*started);
+  }
+  pool::PoolManager* manager = pools.get();
+  admin::AdminOptions admin_options;
+  admin_options.listen = flags.admin_listen;
+  admin_options.routes = {
+      {"/healthz",
+       [] {
+         return admin::Response{200, "text/plain", "ok\n"};
+       }},
+      {"/v1/backlog",
+       [raw] {
+         return admin::Response{200, "application/json", broker::BacklogJson(raw->Backlogs())};
+       }},
+      {"/metrics", [raw, manager] {
+         std::string text = broker::BacklogMetrics(raw->Backlogs());
+         if (manager != nullptr) text += manager->MetricsText();
+         return admin::Response{200, "text/plain; version=0.0.4", std::move(text)};
+       }}};
+  if (manager != nullptr) admin_options.prefix_routes["/v1/pools"] = manager->ApiHandler();
+  auto admin = admin::AdminServer::Start(std::move(admin_options));
   if (!admin.ok()) {
     std::fprintf(stderr, "tidepool %s: admin endpoint: %s\n", cmd,
                  admin.status().ToString().c_str());
@@ -110,7 +156,13 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
   sigwait(&stop_signals, &sig);
   std::printf("tidepool %s: %s received, draining\n", cmd, sig == SIGINT ? "SIGINT" : "SIGTERM");
   std::fflush(stdout);
+  if (pools) {
+    // Workers drain first, while the broker still takes their acks and nacks.
+    pools->Stop();
+  }
   (*admin)->Stop();
+  pools.reset();
+  queue.reset();
   (*server)->Shutdown(kShutdownGraceMicros);
   server->reset();
   b->reset();  // commits what is queued and closes every log and cursor
@@ -129,9 +181,6 @@ int RunBroker(const Args& args) {
 int RunUp(const Args& args) {
   BrokerFlags flags;
   if (!ParseBrokerFlags("up", args, &flags)) return 2;
-  std::printf(
-      "tidepool up: the web tier and worker pools are not built yet; running the broker "
-      "alone\n");
   return ServeBroker("up", flags);
 }
 

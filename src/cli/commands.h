@@ -13,5 +13,6 @@ int RunUp(const Args& args);
 int RunBroker(const Args& args);
 int RunStorage(const Args& args);
 int RunPools(const Args& args);
+int RunPool(const Args& args);
 
 }  // namespace tidepool::cli

@@ -15,14 +15,18 @@ constexpr char kUsage[] =
     "Usage: tidepool <command> [options]\n"
     "\n"
     "Commands:\n"
-    "  up [--data-dir DIR] [--listen HOST:PORT]\n"
-    "                             Run everything on this machine (today: the broker alone)\n"
+    "  up [--config FILE] [--data-dir DIR] [--listen HOST:PORT]\n"
+    "                             Run everything on this machine: the broker (as `broker`)\n"
+    "                             and the worker pools of FILE, operated with `tidepool pools`\n"
+    "                             on the admin address\n"
     "  broker [--data-dir DIR] [--listen HOST:PORT] [--admin-listen HOST:PORT]\n"
     "                             Serve the Pub/Sub v1 API (default 127.0.0.1:8085) on durable\n"
     "                             storage in DIR (default ./tidepool-data); backlog, metrics and\n"
     "                             health on the admin address (default 127.0.0.1:8086);\n"
     "                             --stream-lifetime SECONDS: StreamingPull streams are ended\n"
     "                             (UNAVAILABLE) after this long and clients reopen (default 1800)\n"
+    "  pool --config FILE [--endpoint HOST:PORT] ...\n"
+    "                             Run worker pools against a remote broker (tidepool pool help)\n"
     "  pools list|describe|deploy|scale|update-split|rollback|logs ...\n"
     "                             Operate worker pools through the admin API (tidepool pools\n"
     "                             help)\n"
@@ -50,6 +54,7 @@ int Dispatch(int argc, char** argv) {
   if (cmd == "broker") return tidepool::cli::RunBroker(args);
   if (cmd == "storage") return tidepool::cli::RunStorage(args);
   if (cmd == "pools") return tidepool::cli::RunPools(args);
+  if (cmd == "pool") return tidepool::cli::RunPool(args);
   std::fprintf(stderr, "tidepool: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

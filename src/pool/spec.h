@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/status.h"
@@ -48,7 +49,8 @@ struct Trigger {
   TriggerKind kind = TriggerKind::kBacklog;
   // kBacklog: messages per instance; kOldestUnackedAge: seconds of age per instance.
   double target = 100;
-  // Below this (for every trigger) a pool at 0 stays at 0, and a pool at min 0 goes to 0.
+  // At or below this (for every trigger) a pool at 0 stays at 0, and a pool at min 0 goes
+  // to 0. Same unit as `target`.
   double activation = 0;
 };
 
@@ -64,17 +66,23 @@ enum class SelectPolicy { kMax, kMin, kDisabled };
 
 struct ScalingRules {
   std::chrono::milliseconds stabilization_window{0};
+  // The parser never yields an empty list (Validate rejects one); the autoscaler treats an
+  // empty list as "no rate limit".
   std::vector<RatePolicy> policies{};
   SelectPolicy select = SelectPolicy::kMax;
 };
+
+// The defaults of Kubernetes' HPA (and so of KEDA).
+ScalingRules DefaultScaleUpRules();
+ScalingRules DefaultScaleDownRules();
 
 struct AutoscalingSpec {
   int min_instances = 0;
   int max_instances = 10;
   std::vector<Trigger> triggers{};
   std::chrono::milliseconds poll_interval{1'000};
-  ScalingRules scale_up{};    // default: stabilization 0, +100% or +4 per 15 s, max
-  ScalingRules scale_down{};  // default: stabilization 300 s, -100% per 15 s
+  ScalingRules scale_up = DefaultScaleUpRules();      // stabilization 0, +100% or +4 per 15 s, max
+  ScalingRules scale_down = DefaultScaleDownRules();  // stabilization 300 s, -100% per 15 s
 };
 
 struct RolloutSpec {
@@ -98,7 +106,7 @@ struct PoolSpec {
   std::string name{};
   std::string subscription{};
   RevisionSpec revision{};
-  // Manual scaling when autoscaling is absent.
+  // Manual scaling when autoscaling is absent; ignored when it is present.
   int instances = 1;
   std::optional<AutoscalingSpec> autoscaling{};
   std::chrono::milliseconds grace_period{30'000};
@@ -111,10 +119,23 @@ struct PoolSpec {
 // revision.
 std::string RevisionDigest(const RevisionSpec& spec);
 
-// Parses one pool (a YAML mapping) or the `pools:` list of a config file. `origin` names the
-// file in error messages ("pool.yaml:12: pools[0].autoscaling.max: expected an integer").
+// Parses one pool (a YAML mapping) or the `pools:` list of a config file (other top-level keys
+// are left to their owners; pool names must be unique). `origin` names the file in error
+// messages ("pool.yaml:12: pools[0].autoscaling.max: expected an integer"). Both also run
+// Validate, so a returned spec is valid. On failure the status (kInvalidArgument) lists every
+// problem found, one per line, each as "ORIGIN:LINE: path.to.key: what is wrong" (LINE is
+// 1-based).
 Result<PoolSpec> ParsePool(const std::string& yaml_text, const std::string& origin);
 Result<std::vector<PoolSpec>> ParsePools(const std::string& yaml_text, const std::string& origin);
+
+// Checks the rules a parsed spec must meet (docs/pools.md). On failure (kInvalidArgument)
+// the message lists every problem, one per line, as "path.to.key: what is wrong".
 Status Validate(const PoolSpec& spec);
+
+// "30s", "500ms", "2m", "1h", "1m30s", "1.5s", or a bare number of seconds ("30").
+Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
+// "256Mi", "1Gi", "500M", "64k", or a bare number of bytes. Binary suffixes Ki Mi Gi Ti;
+// decimal suffixes k (or K) M G T.
+Result<int64_t> ParseByteSize(std::string_view text);
 
 }  // namespace tidepool::pool

@@ -1,0 +1,48 @@
+#include "cli/pool_runner.h"
+
+#include <cstdio>
+#include <fstream>
+#include <mutex>
+#include <sstream>
+
+#include "pool/spec.h"
+
+namespace tidepool::cli {
+
+Result<std::unique_ptr<pool::PoolManager>> StartPools(const PoolRunnerOptions& options) {
+  std::vector<pool::PoolSpec> specs;
+  if (!options.config_path.empty()) {
+    std::ifstream in(options.config_path);
+    if (!in) return Status::NotFound("cannot read config file " + options.config_path);
+    std::stringstream text;
+    text << in.rdbuf();
+    TP_ASSIGN_OR_RETURN(specs, pool::ParsePools(text.str(), options.config_path));
+  }
+  pool::ManagerOptions m;
+  m.queue = options.queue;
+  m.supervisor.log_dir = options.data_dir.empty() ? "" : options.data_dir + "/logs";
+  m.supervisor.base_env["PUBSUB_EMULATOR_HOST"] = options.pubsub_endpoint;
+  m.supervisor.base_env["PUBSUB_PROJECT_ID"] = options.project;
+  m.supervisor.base_env["GOOGLE_CLOUD_PROJECT"] = options.project;
+  if (options.echo_logs) {
+    // One mutex so that lines from several pools' threads do not interleave mid-line.
+    auto mu = std::make_shared<std::mutex>();
+    m.supervisor.log_sink = [mu](const std::string& line) {
+      std::lock_guard lock(*mu);
+      std::fprintf(stderr, "%s\n", line.c_str());
+    };
+  }
+  auto manager = std::make_unique<pool::PoolManager>(std::move(m));
+  manager->Start();
+  for (const auto& spec : specs) {
+    auto deployed = manager->Deploy(spec);
+    if (!deployed.ok()) {
+      manager->Stop();
+      return Status(deployed.status().code(), options.config_path + ": pool \"" + spec.name +
+                                                  "\": " + deployed.status().message());
+    }
+  }
+  return manager;
+}
+
+}  // namespace tidepool::cli
