@@ -13,9 +13,9 @@
 namespace tidepool::broker {
 
 struct Message {
-  std::string data;
-  std::map<std::string, std::string> attributes;
-  std::string ordering_key;
+  std::string data{};
+  std::map<std::string, std::string> attributes{};
+  std::string ordering_key{};
 };
 
 struct StoredMessage {

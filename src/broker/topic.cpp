@@ -24,8 +24,10 @@ void Topic::Publish(const std::vector<Message>& messages,
                       ids.reserve(r->count);
                       for (uint64_t i = 0; i < r->count; ++i)
                         ids.push_back(std::to_string(r->first.value + i));
-                      done(std::move(ids));
+                      // Subscribers are woken before the publisher hears back: once `done`
+                      // runs, the publisher may tear the broker down, topic included.
                       for (const auto& sub : subscriptions()) sub->NotifyListeners();
+                      done(std::move(ids));
                     });
 }
 

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -262,6 +263,7 @@ Result<SpawnedProcess> SpawnProcess(const SpawnOptions& options) {
   int error_fd = error_pipe.second.get();
   int cgroup_fd = options.cgroup_procs_fd;
 
+  const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid < 0) return ErrnoStatus("fork", errno);
   if (pid == 0) {
@@ -275,6 +277,12 @@ Result<SpawnedProcess> SpawnProcess(const SpawnOptions& options) {
       sigaction(sig, &action, nullptr);
     }
     if (::setsid() < 0) ChildFail(error_fd, errno);
+    // A supervisor that dies without draining (SIGKILL, crash) must not leave its instances
+    // pulling behind it: the next supervisor would start a second set. SIGTERM lets them
+    // drain. (The signal is tied to the forking thread; the supervisor forks from threads that
+    // live as long as it does.)
+    if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) ChildFail(error_fd, errno);
+    if (::getppid() != parent) ::raise(SIGTERM);
     if (cgroup_fd >= 0 && ::write(cgroup_fd, "0", 1) != 1) ChildFail(error_fd, errno);
     if (working_dir != nullptr && ::chdir(working_dir) != 0) ChildFail(error_fd, errno);
     // Targets are placed in increasing order; every source is >= 3 (0-2 are open in the

@@ -1,1 +1,629 @@
-// placeholder
+// The Queue contract, run against every backend: embedded (a Broker in a temp dir) and pubsub
+// (a PubsubServer over such a broker on loopback, reached through gRPC). The broker runs on a
+// fake clock without its timekeeper, so lease expiry and nack delays are driven by Advance()
+// instead of real waits.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "admin/admin_server.h"
+#include "broker/broker.h"
+#include "broker/report.h"
+#include "pubsub/server.h"
+#include "queue/queue.h"
+#include "storage/fault_env.h"
+#include "storage/test_util.h"
+
+namespace tidepool::queue {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr int64_t kStart = 1'700'000'000'000'000;
+constexpr char kProject[] = "proj";
+constexpr char kTopic[] = "orders";
+constexpr char kSub[] = "workers";
+// How long a test waits for something that should happen, and for something that should not.
+constexpr auto kPatience = 10s;
+constexpr auto kQuiet = 300ms;
+// Works around a broker teardown race: Topic::Publish's completion calls `done` and only then
+// notifies the subscriptions, so a broker destroyed right after a publish returned can leave
+// the completion thread holding the last Subscription (deadlock in ~Log, or use after free).
+constexpr auto kBrokerSettle = 50ms;
+
+struct Backend {
+  std::string name;
+};
+
+// broker::Message has no default member initializers, so designated initializers would warn.
+Message Msg(std::string data, std::map<std::string, std::string> attributes = {}) {
+  Message m;
+  m.data = std::move(data);
+  m.attributes = std::move(attributes);
+  return m;
+}
+
+// Collects what a stream delivers.
+class Inbox {
+ public:
+  DeliveryHandler handler() {
+    return [this](std::vector<Delivery> batch) {
+      std::lock_guard lock(mu_);
+      for (auto& d : batch) got_.push_back(std::move(d));
+      cv_.notify_all();
+    };
+  }
+  StreamErrorHandler error_handler() {
+    return [this](Status s) {
+      std::lock_guard lock(mu_);
+      errors_.push_back(std::move(s));
+      cv_.notify_all();
+    };
+  }
+  // Waits until at least n deliveries arrived; returns how many there are.
+  size_t WaitFor(size_t n, std::chrono::milliseconds patience = kPatience) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, patience, [&] { return got_.size() >= n; });
+    return got_.size();
+  }
+  size_t WaitForErrors(size_t n, std::chrono::milliseconds patience = kPatience) {
+    std::unique_lock lock(mu_);
+    cv_.wait_for(lock, patience, [&] { return errors_.size() >= n; });
+    return errors_.size();
+  }
+  std::vector<Delivery> got() {
+    std::lock_guard lock(mu_);
+    return got_;
+  }
+  std::vector<Status> errors() {
+    std::lock_guard lock(mu_);
+    return errors_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Delivery> got_;
+  std::vector<Status> errors_;
+};
+
+class QueueTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  QueueTest() : env_(storage::DefaultEnv()) { env_.SetTime(kStart); }
+  void SetUp() override { Start(); }
+  void TearDown() override { Stop(); }
+
+  bool pubsub() const { return GetParam().name == "pubsub"; }
+
+  void Start(int64_t stream_lifetime_micros = 30ll * 60 * 1'000'000) {
+    broker::BrokerOptions o;
+    o.data_dir = dir_.sub("data");
+    o.env = &env_;
+    o.run_timekeeper = false;
+    auto b = broker::Broker::Open(o);
+    ASSERT_TRUE(b.ok()) << b.status().ToString();
+    broker_ = std::move(*b);
+    QueueOptions qo;
+    qo.backend = GetParam().name;
+    qo.project = kProject;
+    qo.broker = broker_.get();
+    if (pubsub()) {
+      pubsub::ServerOptions so;
+      so.listen = "127.0.0.1:0";
+      so.stream_lifetime_micros = stream_lifetime_micros;
+      so.pull_wait_micros = 200'000;
+      auto s = pubsub::PubsubServer::Start(broker_.get(), so);
+      ASSERT_TRUE(s.ok()) << s.status().ToString();
+      server_ = std::move(*s);
+      broker::Broker* raw = broker_.get();
+      auto a = admin::AdminServer::Start(
+          "127.0.0.1:0",
+          {{"/v1/backlog", [raw] {
+              return admin::Response{200, "application/json", broker::BacklogJson(raw->Backlogs())};
+            }}});
+      ASSERT_TRUE(a.ok()) << a.status().ToString();
+      admin_ = std::move(*a);
+      qo.broker = nullptr;
+      qo.endpoint = "127.0.0.1:" + std::to_string(server_->port());
+      qo.admin_endpoint = "127.0.0.1:" + std::to_string(admin_->port());
+      qo.call_timeout = 5s;
+    }
+    auto q = OpenQueue(qo);
+    ASSERT_TRUE(q.ok()) << q.status().ToString();
+    queue_ = std::move(*q);
+  }
+
+  void Stop() {
+    queue_.reset();
+    if (admin_) admin_->Stop();
+    admin_.reset();
+    if (server_) server_->Shutdown(1'000'000);
+    server_.reset();
+    std::this_thread::sleep_for(kBrokerSettle);
+    broker_.reset();
+  }
+
+  // Moves the broker's clock and expires leases and delays due by then.
+  void Advance(int64_t seconds) {
+    env_.AdvanceTime(seconds * broker::kMicrosPerSecond);
+    broker_->Tick();
+  }
+
+  void Setup(SubscriptionSpec spec = {}) {
+    ASSERT_TRUE(queue_->EnsureTopic(kTopic).ok());
+    if (spec.name.empty()) spec.name = kSub;
+    if (spec.topic.empty()) spec.topic = kTopic;
+    Status s = queue_->EnsureSubscription(spec);
+    ASSERT_TRUE(s.ok()) << s.ToString();
+  }
+
+  std::vector<std::string> PublishSync(std::vector<Message> messages,
+                                       const std::string& topic = kTopic) {
+    std::promise<Result<std::vector<std::string>>> p;
+    queue_->Publish(topic, std::move(messages),
+                    [&](Result<std::vector<std::string>> r) { p.set_value(std::move(r)); });
+    auto r = p.get_future().get();
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return r.ok() ? *r : std::vector<std::string>{};
+  }
+  std::vector<std::string> PublishN(int n, const std::string& prefix = "m") {
+    std::vector<Message> ms;
+    for (int i = 0; i < n; ++i) ms.push_back(Msg(prefix + std::to_string(i)));
+    return PublishSync(std::move(ms));
+  }
+
+  Result<std::vector<Delivery>> PullSync(const std::string& sub, int max,
+                                         std::chrono::milliseconds wait) {
+    std::promise<Result<std::vector<Delivery>>> p;
+    queue_->Pull(sub, max, wait,
+                 [&](Result<std::vector<Delivery>> r) { p.set_value(std::move(r)); });
+    return p.get_future().get();
+  }
+
+  template <typename F>
+  AckOutcome Settle(F&& start) {
+    std::promise<AckOutcome> p;
+    start([&](AckOutcome o) { p.set_value(std::move(o)); });
+    return p.get_future().get();
+  }
+
+  Backlog BacklogOf(const std::string& sub) {
+    auto b = queue_->GetBacklog(sub);
+    EXPECT_TRUE(b.ok()) << b.status().ToString();
+    return b.ok() ? *b : Backlog{};
+  }
+
+  std::unique_ptr<MessageStream> SubscribeOrDie(Inbox& inbox, StreamOptions options = {},
+                                                const std::string& sub = kSub) {
+    auto s = queue_->Subscribe(sub, options, inbox.handler(), inbox.error_handler());
+    EXPECT_TRUE(s.ok()) << s.status().ToString();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  storage::testing::TempDir dir_;
+  storage::FaultInjectionEnv env_;
+  std::unique_ptr<broker::Broker> broker_;
+  std::unique_ptr<pubsub::PubsubServer> server_;
+  std::unique_ptr<admin::AdminServer> admin_;
+  std::unique_ptr<Queue> queue_;
+};
+
+std::vector<std::string> Ids(const std::vector<Delivery>& ds) {
+  std::vector<std::string> out;
+  for (const auto& d : ds) out.push_back(d.ack_id);
+  return out;
+}
+
+TEST_P(QueueTest, EnsureIsIdempotent) {
+  EXPECT_EQ(queue_->backend(), GetParam().name);
+  ASSERT_TRUE(queue_->EnsureTopic(kTopic).ok());
+  EXPECT_TRUE(queue_->EnsureTopic(kTopic).ok());
+  EXPECT_TRUE(queue_->EnsureTopic("projects/proj/topics/orders").ok());  // the same, in full
+  SubscriptionSpec spec{.name = kSub, .topic = kTopic, .ack_deadline_seconds = 20};
+  ASSERT_TRUE(queue_->EnsureSubscription(spec).ok());
+  spec.ack_deadline_seconds = 30;  // an existing subscription is left as it is
+  EXPECT_TRUE(queue_->EnsureSubscription(spec).ok());
+  auto config = broker_->GetSubscription("projects/proj/subscriptions/workers");
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->ack_deadline_seconds, 20);
+  EXPECT_EQ(config->topic, "projects/proj/topics/orders");
+}
+
+TEST_P(QueueTest, InvalidNamesAreRefusedByName) {
+  Status s = queue_->EnsureTopic("not/a/path");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("not/a/path"), std::string::npos) << s.ToString();
+  s = queue_->EnsureSubscription(SubscriptionSpec{.name = "x", .topic = kTopic});
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);  // ids are 3 characters at least
+  EXPECT_EQ(TopicPath("p", "t1"), "projects/p/topics/t1");
+  EXPECT_EQ(SubscriptionPath("p", "projects/q/subscriptions/s1"), "projects/q/subscriptions/s1");
+}
+
+TEST_P(QueueTest, UnknownSubscriptionIsNotFoundByName) {
+  Setup();
+  Inbox inbox;
+  auto stream = queue_->Subscribe("nosuchsub", {}, inbox.handler(), inbox.error_handler());
+  ASSERT_FALSE(stream.ok());
+  EXPECT_EQ(stream.status().code(), StatusCode::kNotFound);
+  EXPECT_NE(stream.status().message().find("nosuchsub"), std::string::npos);
+  auto pulled = PullSync("nosuchsub", 1, 10ms);
+  EXPECT_EQ(pulled.status().code(), StatusCode::kNotFound);
+  AckOutcome o = Settle([&](AckCallback cb) { queue_->Ack("nosuchsub", {"1-2-3"}, cb); });
+  EXPECT_EQ(o.status.code(), StatusCode::kNotFound);
+  EXPECT_NE(o.status.message().find("nosuchsub"), std::string::npos) << o.status.ToString();
+}
+
+TEST_P(QueueTest, StreamDeliversAndAckedMessagesAreNotRedelivered) {
+  Setup();
+  Inbox inbox;
+  auto stream = SubscribeOrDie(inbox);
+  auto ids = PublishN(3);
+  ASSERT_EQ(ids.size(), 3u);
+  ASSERT_EQ(inbox.WaitFor(3), 3u);
+  std::set<std::string> data;
+  for (const auto& d : inbox.got()) data.insert(d.message.data);
+  EXPECT_EQ(data, (std::set<std::string>{"m0", "m1", "m2"}));
+  EXPECT_EQ(stream->outstanding_messages(), 3);
+  AckOutcome o = Settle([&](AckCallback cb) { stream->Ack(Ids(inbox.got()), cb); });
+  EXPECT_TRUE(o.status.ok()) << o.status.ToString();
+  EXPECT_TRUE(o.failed_ack_ids.empty());
+  Advance(60);  // far past every lease
+  EXPECT_EQ(inbox.WaitFor(4, kQuiet), 3u);
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, 0u);
+  stream->Close();
+  EXPECT_TRUE(inbox.errors().empty());
+}
+
+TEST_P(QueueTest, UnackedMessagesAreRedeliveredAfterTheLease) {
+  Setup();
+  Inbox inbox;
+  auto stream = SubscribeOrDie(inbox);
+  PublishN(1);
+  ASSERT_EQ(inbox.WaitFor(1), 1u);
+  Advance(11);  // the 10 s lease expires
+  ASSERT_EQ(inbox.WaitFor(2), 2u);
+  EXPECT_EQ(inbox.got()[1].message.data, "m0");
+  stream->Close();
+}
+
+TEST_P(QueueTest, FlowControlHoldsUntilAcksFreeCredit) {
+  Setup();
+  Inbox inbox;
+  StreamOptions options;
+  options.flow.max_outstanding_messages = 2;
+  auto stream = SubscribeOrDie(inbox, options);
+  PublishN(5);
+  ASSERT_EQ(inbox.WaitFor(2), 2u);
+  EXPECT_EQ(inbox.WaitFor(3, kQuiet), 2u) << "delivered past max_outstanding_messages";
+  EXPECT_EQ(stream->outstanding_messages(), 2);
+  AckOutcome o = Settle([&](AckCallback cb) { stream->Ack({inbox.got()[0].ack_id}, cb); });
+  ASSERT_TRUE(o.status.ok());
+  EXPECT_EQ(inbox.WaitFor(3), 3u);
+  EXPECT_EQ(inbox.WaitFor(4, kQuiet), 3u);
+  stream->Close();
+}
+
+TEST_P(QueueTest, FlowControlBytesHoldsButABigMessageStillGoesAlone) {
+  Setup();
+  Inbox inbox;
+  StreamOptions options;
+  options.flow.max_outstanding_bytes = 100;
+  auto stream = SubscribeOrDie(inbox, options);
+  PublishSync({Msg(std::string(60, 'a')), Msg(std::string(60, 'b')), Msg(std::string(500, 'c'))});
+  ASSERT_EQ(inbox.WaitFor(1), 1u);
+  EXPECT_EQ(inbox.WaitFor(2, kQuiet), 1u) << "delivered past max_outstanding_bytes";
+  for (size_t n = 1; n <= 2; ++n) {
+    const std::string id = inbox.got()[n - 1].ack_id;
+    ASSERT_TRUE(Settle([&](AckCallback cb) { stream->Ack({id}, cb); }).status.ok());
+    ASSERT_EQ(inbox.WaitFor(n + 1), n + 1);
+  }
+  EXPECT_EQ(inbox.got()[2].message.data.size(), 500u);  // bigger than the budget, alone
+  stream->Close();
+}
+
+TEST_P(QueueTest, NackWithDelayRedeliversOnlyAfterTheDelay) {
+  Setup();
+  Inbox inbox;
+  auto stream = SubscribeOrDie(inbox);
+  PublishN(1);
+  ASSERT_EQ(inbox.WaitFor(1), 1u);
+  AckOutcome o = Settle([&](AckCallback cb) { stream->Nack({inbox.got()[0].ack_id}, 30s, cb); });
+  ASSERT_TRUE(o.status.ok()) << o.status.ToString();
+  EXPECT_EQ(stream->outstanding_messages(), 0);  // settled as far as flow control goes
+  Advance(29);
+  EXPECT_EQ(inbox.WaitFor(2, kQuiet), 1u) << "redelivered before the nack delay";
+  Advance(2);
+  ASSERT_EQ(inbox.WaitFor(2), 2u);
+  EXPECT_EQ(inbox.got()[1].message.data, "m0");
+  // A nack without delay redelivers at once.
+  o = Settle([&](AckCallback cb) { stream->Nack({inbox.got()[1].ack_id}, 0s, cb); });
+  ASSERT_TRUE(o.status.ok());
+  EXPECT_EQ(inbox.WaitFor(3), 3u);
+  stream->Close();
+}
+
+TEST_P(QueueTest, ExtendLeaseKeepsAMessageLeased) {
+  Setup();
+  Inbox inbox;
+  auto stream = SubscribeOrDie(inbox);
+  PublishN(1);
+  ASSERT_EQ(inbox.WaitFor(1), 1u);
+  AckOutcome o =
+      Settle([&](AckCallback cb) { stream->ExtendLease({inbox.got()[0].ack_id}, 60s, cb); });
+  ASSERT_TRUE(o.status.ok()) << o.status.ToString();
+  Advance(30);  // past the original 10 s deadline
+  EXPECT_EQ(inbox.WaitFor(2, kQuiet), 1u) << "redelivered despite the extended lease";
+  Advance(31);  // past the extended one
+  EXPECT_EQ(inbox.WaitFor(2), 2u);
+  stream->Close();
+}
+
+TEST_P(QueueTest, TerminateSendsToTheDeadLetterTopic) {
+  ASSERT_TRUE(queue_->EnsureTopic("dead").ok());
+  ASSERT_TRUE(
+      queue_->EnsureSubscription(SubscriptionSpec{.name = "dead-sub", .topic = "dead"}).ok());
+  Setup(SubscriptionSpec{.dead_letter_topic = "dead"});
+  Inbox inbox;
+  auto stream = SubscribeOrDie(inbox);
+  PublishSync({Msg("poison", {{"k", "v"}})});
+  ASSERT_EQ(inbox.WaitFor(1), 1u);
+  EXPECT_EQ(inbox.got()[0].delivery_attempt, 1);
+  AckOutcome o = Settle([&](AckCallback cb) { stream->Terminate(inbox.got(), cb); });
+  ASSERT_TRUE(o.status.ok()) << o.status.ToString();
+  auto dead = PullSync("dead-sub", 10, 5s);
+  ASSERT_TRUE(dead.ok()) << dead.status().ToString();
+  ASSERT_EQ(dead->size(), 1u);
+  const Message& m = (*dead)[0].message;
+  EXPECT_EQ(m.data, "poison");
+  EXPECT_EQ(m.attributes.at("k"), "v");
+  EXPECT_EQ(m.attributes.at("CloudPubSubDeadLetterSourceDeliveryCount"), "1");
+  EXPECT_EQ(m.attributes.at("CloudPubSubDeadLetterSourceSubscription"), kSub);
+  Advance(60);
+  EXPECT_EQ(inbox.WaitFor(2, kQuiet), 1u) << "a terminated message came back";
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, 0u);
+  stream->Close();
+}
+
+TEST_P(QueueTest, TerminateWithoutDeadLetterTopicDrops) {
+  Setup();
+  PublishN(1);
+  auto got = PullSync(kSub, 10, 5s);
+  ASSERT_TRUE(got.ok() && got->size() == 1u);
+  AckOutcome o = Settle([&](AckCallback cb) { queue_->Terminate(kSub, *got, cb); });
+  ASSERT_TRUE(o.status.ok()) << o.status.ToString();
+  Advance(60);
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, 0u);
+}
+
+TEST_P(QueueTest, ExactlyOnceReportsStaleAckIds) {
+  Setup(SubscriptionSpec{.enable_exactly_once_delivery = true});
+  PublishN(1);
+  auto first = PullSync(kSub, 10, 5s);
+  ASSERT_TRUE(first.ok() && first->size() == 1u);
+  Advance(11);  // the lease expires
+  auto second = PullSync(kSub, 10, 5s);
+  ASSERT_TRUE(second.ok() && second->size() == 1u);
+  AckOutcome stale = Settle([&](AckCallback cb) { queue_->Ack(kSub, Ids(*first), cb); });
+  EXPECT_TRUE(stale.status.ok()) << stale.status.ToString();
+  EXPECT_EQ(stale.failed_ack_ids, Ids(*first));
+  AckOutcome current = Settle([&](AckCallback cb) { queue_->Ack(kSub, Ids(*second), cb); });
+  EXPECT_TRUE(current.status.ok()) << current.status.ToString();
+  EXPECT_TRUE(current.failed_ack_ids.empty());
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, 0u);
+}
+
+TEST_P(QueueTest, BacklogCountsUndeliveredAndLeased) {
+  Setup();
+  PublishN(3);
+  Backlog b = BacklogOf(kSub);
+  EXPECT_EQ(b.undelivered_messages, 3u);
+  EXPECT_EQ(b.leased_messages, 0u);
+  Advance(5);
+  b = BacklogOf(kSub);
+  EXPECT_GE(b.oldest_unacked_age_micros, 5 * broker::kMicrosPerSecond);
+  auto got = PullSync(kSub, 1, 5s);
+  ASSERT_TRUE(got.ok() && got->size() == 1u);
+  EXPECT_EQ(BacklogOf(kSub).leased_messages, 1u);
+  ASSERT_TRUE(Settle([&](AckCallback cb) { queue_->Ack(kSub, Ids(*got), cb); }).status.ok());
+  b = BacklogOf(kSub);
+  EXPECT_EQ(b.undelivered_messages, 2u);
+  EXPECT_EQ(b.leased_messages, 0u);
+  EXPECT_EQ(queue_->GetBacklog("nosuchsub").status().code(), StatusCode::kNotFound);
+}
+
+TEST_P(QueueTest, PullWaitsThenReturnsEmpty) {
+  Setup();
+  const auto start = std::chrono::steady_clock::now();
+  auto got = PullSync(kSub, 10, 400ms);
+  const auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  EXPECT_TRUE(got->empty());
+  EXPECT_GE(took, 350ms);
+  EXPECT_LT(took, 3s);
+}
+
+TEST_P(QueueTest, PullReturnsPromptlyWhenAMessageArrives) {
+  Setup();
+  std::promise<Result<std::vector<Delivery>>> p;
+  const auto start = std::chrono::steady_clock::now();
+  queue_->Pull(kSub, 10, 20s, [&](Result<std::vector<Delivery>> r) { p.set_value(std::move(r)); });
+  std::this_thread::sleep_for(100ms);
+  PublishN(1);
+  auto got = p.get_future().get();
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_EQ(got->size(), 1u);
+  EXPECT_EQ((*got)[0].message.data, "m0");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 5s);
+}
+
+// Counts Publish calls, passing everything to the real queue.
+class CountingQueue final : public Queue {
+ public:
+  explicit CountingQueue(Queue& inner) : inner_(inner) {}
+  std::atomic<int> publish_calls{0};
+  Status EnsureTopic(const std::string& t) override { return inner_.EnsureTopic(t); }
+  Status EnsureSubscription(const SubscriptionSpec& s) override {
+    return inner_.EnsureSubscription(s);
+  }
+  void Publish(const std::string& topic, std::vector<Message> messages,
+               PublishCallback done) override {
+    publish_calls.fetch_add(1);
+    inner_.Publish(topic, std::move(messages), std::move(done));
+  }
+  Result<std::unique_ptr<MessageStream>> Subscribe(const std::string& s, StreamOptions o,
+                                                   DeliveryHandler h,
+                                                   StreamErrorHandler e) override {
+    return inner_.Subscribe(s, o, std::move(h), std::move(e));
+  }
+  void Pull(const std::string& s, int n, std::chrono::milliseconds w, PullCallback d) override {
+    inner_.Pull(s, n, w, std::move(d));
+  }
+  void Ack(const std::string& s, std::vector<std::string> i, AckCallback d) override {
+    inner_.Ack(s, std::move(i), std::move(d));
+  }
+  void Nack(const std::string& s, std::vector<std::string> i, std::chrono::seconds t,
+            AckCallback d) override {
+    inner_.Nack(s, std::move(i), t, std::move(d));
+  }
+  void ExtendLease(const std::string& s, std::vector<std::string> i, std::chrono::seconds t,
+                   AckCallback d) override {
+    inner_.ExtendLease(s, std::move(i), t, std::move(d));
+  }
+  void Terminate(const std::string& s, std::vector<Delivery> d, AckCallback cb) override {
+    inner_.Terminate(s, std::move(d), std::move(cb));
+  }
+  Result<Backlog> GetBacklog(const std::string& s) override { return inner_.GetBacklog(s); }
+  std::string backend() const override { return inner_.backend(); }
+
+ private:
+  Queue& inner_;
+};
+
+TEST_P(QueueTest, PublisherBatchesManyPublishesIntoFewCalls) {
+  Setup();
+  constexpr int kMessages = 1000;
+  CountingQueue counting(*queue_);
+  std::mutex mu;
+  std::set<std::string> ids;
+  int failures = 0;
+  {
+    Publisher publisher(counting, kTopic, BatchingOptions{.max_messages = 100, .max_delay = 50ms});
+    for (int i = 0; i < kMessages; ++i) {
+      publisher.Publish(Msg("p" + std::to_string(i)), [&](Result<std::string> r) {
+        std::lock_guard lock(mu);
+        if (r.ok()) {
+          ids.insert(*r);
+        } else {
+          ++failures;
+        }
+      });
+    }
+  }  // the destructor flushes and waits for every callback
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kMessages));
+  EXPECT_GE(counting.publish_calls.load(), kMessages / 100);
+  EXPECT_LE(counting.publish_calls.load(), kMessages / 50);
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, static_cast<uint64_t>(kMessages));
+}
+
+TEST_P(QueueTest, PublisherSendsAPartialBatchAfterMaxDelay) {
+  Setup();
+  std::promise<Result<std::string>> p;
+  Publisher publisher(*queue_, kTopic, BatchingOptions{.max_delay = 20ms});
+  publisher.Publish(Msg("lonely"), [&](Result<std::string> r) { p.set_value(r); });
+  auto future = p.get_future();
+  ASSERT_EQ(future.wait_for(kPatience), std::future_status::ready) << "never sent without Flush";
+  EXPECT_TRUE(future.get().ok());
+}
+
+TEST_P(QueueTest, CloseWaitsForSettlesAndStopsDeliveries) {
+  Setup();
+  Inbox inbox;
+  auto stream = SubscribeOrDie(inbox);
+  PublishN(1);
+  ASSERT_EQ(inbox.WaitFor(1), 1u);
+  std::atomic<bool> acked{false};
+  stream->Ack(Ids(inbox.got()), [&](AckOutcome) { acked = true; });
+  stream->Close();
+  EXPECT_TRUE(acked.load()) << "Close returned before the ack's callback";
+  PublishN(1, "after");
+  EXPECT_EQ(inbox.WaitFor(2, kQuiet), 1u) << "delivered after Close";
+  stream.reset();
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, QueueTest,
+                         ::testing::Values(Backend{"embedded"}, Backend{"pubsub"}),
+                         [](const auto& info) { return info.param.name; });
+
+// ---- pubsub only
+
+class PubsubQueueTest : public QueueTest {};
+
+TEST_P(PubsubQueueTest, ServerEndedStreamsAreReopenedWithoutLoss) {
+  Stop();
+  constexpr int64_t kLifetimeMicros = 300'000;
+  Start(kLifetimeMicros);
+  Setup();
+  Inbox inbox;
+  auto stream = SubscribeOrDie(inbox);
+  constexpr int kRounds = 8;
+  for (int i = 0; i < kRounds; ++i) {
+    PublishN(1, "r" + std::to_string(i) + "-");
+    ASSERT_EQ(inbox.WaitFor(static_cast<size_t>(i) + 1), static_cast<size_t>(i) + 1);
+    const std::string id = inbox.got().back().ack_id;
+    ASSERT_TRUE(Settle([&](AckCallback cb) { stream->Ack({id}, cb); }).status.ok());
+    std::this_thread::sleep_for(std::chrono::microseconds(kLifetimeMicros / 2));
+  }
+  EXPECT_TRUE(inbox.errors().empty()) << inbox.errors()[0].ToString();
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, 0u);
+  stream->Close();
+}
+
+TEST_P(PubsubQueueTest, DeletedSubscriptionEndsTheStreamWithOneError) {
+  Stop();
+  constexpr int64_t kLifetimeMicros = 200'000;
+  Start(kLifetimeMicros);  // the server ends the stream soon; the reopen finds no subscription
+  Setup();
+  Inbox inbox;
+  auto stream = SubscribeOrDie(inbox);
+  ASSERT_TRUE(broker_->DeleteSubscription("projects/proj/subscriptions/workers").ok());
+  ASSERT_EQ(inbox.WaitForErrors(1), 1u);
+  EXPECT_EQ(inbox.errors()[0].code(), StatusCode::kNotFound);
+  EXPECT_NE(inbox.errors()[0].message().find("workers"), std::string::npos);
+  std::this_thread::sleep_for(std::chrono::microseconds(3 * kLifetimeMicros));
+  EXPECT_EQ(inbox.errors().size(), 1u) << "the stream was reopened after NOT_FOUND";
+  stream->Close();
+}
+
+TEST_P(PubsubQueueTest, BacklogWithoutAdminEndpointSaysWhy) {
+  QueueOptions qo;
+  qo.backend = "pubsub";
+  qo.project = kProject;
+  qo.endpoint = "127.0.0.1:" + std::to_string(server_->port());
+  auto q = OpenQueue(qo);
+  ASSERT_TRUE(q.ok());
+  auto b = (*q)->GetBacklog(kSub);
+  ASSERT_EQ(b.status().code(), StatusCode::kUnimplemented);
+  EXPECT_NE(b.status().message().find("admin"), std::string::npos) << b.status().ToString();
+}
+
+INSTANTIATE_TEST_SUITE_P(Pubsub, PubsubQueueTest, ::testing::Values(Backend{"pubsub"}),
+                         [](const auto& info) { return info.param.name; });
+
+TEST(OpenQueueTest, RefusesIncompleteOptions) {
+  EXPECT_EQ(OpenQueue(QueueOptions{.backend = "embedded"}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(OpenQueue(QueueOptions{.backend = "pubsub"}).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(OpenQueue(QueueOptions{.backend = "carrier-pigeon"}).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace tidepool::queue
