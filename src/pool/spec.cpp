@@ -714,8 +714,20 @@ ScalingRules DefaultScaleDownRules() {
   };
 }
 
+namespace {
+// Built by appending: GCC 12's -Wrestrict misfires on `"\"" + std::string(text)` at -O3.
+std::string Quoted(std::string_view text) {
+  std::string out;
+  out.reserve(text.size() + 2);
+  out += '"';
+  out.append(text);
+  out += '"';
+  return out;
+}
+}  // namespace
+
 Result<milliseconds> ParseDuration(std::string_view text) {
-  const std::string quoted = "\"" + std::string(text) + "\"";
+  const std::string quoted = Quoted(text);
   const std::string bad = "invalid duration " + quoted +
                           " (expected e.g. \"30s\", \"500ms\", \"2m\", \"1h\" or seconds)";
   std::string_view rest = text;
@@ -756,7 +768,7 @@ Result<milliseconds> ParseDuration(std::string_view text) {
 }
 
 Result<int64_t> ParseByteSize(std::string_view text) {
-  const std::string quoted = "\"" + std::string(text) + "\"";
+  const std::string quoted = Quoted(text);
   const std::string bad = "invalid size " + quoted +
                           " (expected e.g. \"256Mi\", \"1Gi\", \"500M\" or a number of bytes)";
   struct Suffix {

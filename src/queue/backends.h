@@ -23,6 +23,8 @@ namespace tidepool::queue::internal {
 inline constexpr std::chrono::seconds kMaxLease{600};
 // Ack ids per Acknowledge / ModifyAckDeadline call; the real service refuses larger requests.
 inline constexpr size_t kMaxAckIdsPerCall = 2500;
+// Settle calls of one kind per subscription in flight at once; more wait and are coalesced.
+inline constexpr int kMaxSettleCallsInFlight = 2;
 
 // The full path of `name` (a short id completed with `project`, or a full path validated as
 // is); INVALID_ARGUMENT naming `name` when it is neither.

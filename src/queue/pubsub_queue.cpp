@@ -20,6 +20,9 @@
 #include <algorithm>
 #include <atomic>
 #include <deque>
+#include <map>
+#include <mutex>
+#include <set>
 #include <unordered_map>
 
 #include <unistd.h>
@@ -360,10 +363,76 @@ class PubsubQueue final : public Queue {
   v1::Subscriber::Stub& subscriber() { return client_->stub(); }
   AckCallback Wrap(AckCallback done) { return thread_.Wrap(std::move(done)); }
 
-  // Acknowledge (no seconds) or ModifyAckDeadline, in calls of at most kMaxAckIdsPerCall ids;
-  // `cb` runs once with the merged outcome.
+  struct PendingSettle {
+    std::vector<std::string> ack_ids;
+    AckCallback cb;
+  };
+  struct SettleQueue {
+    int in_flight = 0;
+    std::vector<PendingSettle> waiting;
+  };
+
+  // Acknowledge (no seconds) or ModifyAckDeadline. Settles coalesce: while
+  // kMaxSettleCallsInFlight calls of the same kind are out, later ones wait and go together
+  // in the next call, so a busy worker acks in batches (like the official clients) without an
+  // idle one waiting on a timer. `cb` runs once with the outcome of its own ids.
   void Settle(const std::string& path, std::vector<std::string> ack_ids, std::optional<int> seconds,
               AckCallback cb) {
+    if (ack_ids.empty()) return cb(AckOutcome{});
+    const std::string key = path + (seconds ? "|" + std::to_string(*seconds) : "|ack");
+    {
+      std::lock_guard lock(settle_mu_);
+      SettleQueue& q = settles_[key];
+      if (q.in_flight >= kMaxSettleCallsInFlight) {
+        q.waiting.push_back(PendingSettle{std::move(ack_ids), std::move(cb)});
+        return;
+      }
+      q.in_flight++;
+    }
+    std::vector<PendingSettle> batch;
+    batch.push_back(PendingSettle{std::move(ack_ids), std::move(cb)});
+    SendSettles(key, path, seconds, std::move(batch));
+  }
+
+  // One call (split by SendSettle at kMaxAckIdsPerCall) for every settle of `batch`; when it
+  // completes, whatever waited meanwhile goes out next, then each settle's callback runs with
+  // its share of the outcome.
+  void SendSettles(const std::string& key, const std::string& path, std::optional<int> seconds,
+                   std::vector<PendingSettle> batch) {
+    std::vector<std::string> ids;
+    for (const auto& p : batch) ids.insert(ids.end(), p.ack_ids.begin(), p.ack_ids.end());
+    auto shared = std::make_shared<std::vector<PendingSettle>>(std::move(batch));
+    SendSettle(path, std::move(ids), seconds,
+               [this, key, path, seconds, shared](AckOutcome outcome) {
+                 std::vector<PendingSettle> next;
+                 {
+                   std::lock_guard lock(settle_mu_);
+                   SettleQueue& q = settles_[key];
+                   if (q.waiting.empty()) {
+                     q.in_flight--;
+                   } else {
+                     next.swap(q.waiting);
+                   }
+                 }
+                 // The next call goes out before any callback of this one runs: those
+                 // callbacks may let the queue be closed and destroyed.
+                 if (!next.empty()) SendSettles(key, path, seconds, std::move(next));
+                 const std::set<std::string> failed(outcome.failed_ack_ids.begin(),
+                                                    outcome.failed_ack_ids.end());
+                 for (auto& p : *shared) {
+                   AckOutcome own{.status = outcome.status};
+                   for (const auto& id : p.ack_ids) {
+                     if (failed.count(id) != 0) own.failed_ack_ids.push_back(id);
+                   }
+                   p.cb(std::move(own));
+                 }
+               });
+  }
+
+  // Acknowledge (no seconds) or ModifyAckDeadline, in calls of at most kMaxAckIdsPerCall ids;
+  // `cb` runs once with the merged outcome.
+  void SendSettle(const std::string& path, std::vector<std::string> ack_ids,
+                  std::optional<int> seconds, AckCallback cb) {
     if (ack_ids.empty()) return cb(AckOutcome{});
     struct Merge {
       std::mutex mu;
@@ -505,6 +574,8 @@ class PubsubQueue final : public Queue {
 
   const QueueOptions options_;
   const std::unique_ptr<pubsub::PubsubClient> client_;
+  std::mutex settle_mu_;
+  std::map<std::string, SettleQueue> settles_;  // by subscription and kind (ack, deadline)
   // Last: destroyed first, after waiting for every callback still to run.
   BackendThread thread_;
 };
