@@ -18,6 +18,7 @@
 
 #include "google/pubsub/v1/pubsub.grpc.pb.h"
 #include "storage/test_util.h"
+#include "test_process.h"
 
 namespace tidepool {
 namespace {
@@ -26,17 +27,7 @@ namespace v1 = ::google::pubsub::v1;
 constexpr char kTopic[] = "projects/p/topics/load";
 constexpr char kSub[] = "projects/p/subscriptions/load-reader";
 
-int FreePort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
+using testing::FreePort;
 
 pid_t StartBroker(const std::string& dir, int port, int admin_port = 0) {
   if (admin_port == 0) admin_port = FreePort();
@@ -78,17 +69,7 @@ std::string HttpGet(int port, const std::string& path) {
 // Waits until the broker accepts TCP connections, then opens a channel: a channel that saw
 // "connection refused" backs off for seconds before it tries again.
 std::shared_ptr<grpc::Channel> Connect(int port) {
-  for (int i = 0; i < 400; ++i) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    const bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
-    ::close(fd);
-    if (up) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  testing::WaitForPort(port, std::chrono::seconds(4));
   return grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                              grpc::InsecureChannelCredentials());
 }

@@ -297,6 +297,37 @@ TEST_F(PoolE2ETest, RollingUpdateUnderLoadLosesNothing) {
   EXPECT_EQ(logs.find("SIGKILL"), std::string::npos) << logs;
 }
 
+TEST_F(PoolE2ETest, SplitAndRollbackThroughTheCli) {
+  Deploy(EchoPool(record_, "", "instances: 2\n"));
+  Deploy(EchoPool(record_, "  ECHO_REVISION_MARK: \"two\"\n", "instances: 2\n"));
+  auto on = [&](int revision) {
+    return CountInstances(Describe("echo"), "running", true, revision);
+  };
+  ASSERT_TRUE(WaitFor([&] { return on(2) == 2 && on(1) == 0; }, 30s))
+      << json::serialize(Describe("echo"));
+
+  ASSERT_EQ(Cli("update-split echo --to-revisions r1=50,r2=50"), 0);
+  EXPECT_TRUE(WaitFor([&] { return on(1) == 1 && on(2) == 1; }, 30s))
+      << json::serialize(Describe("echo"));
+  EXPECT_NE(Cli("update-split echo --to-revisions 1=60,2=60"), 0) << "percents must sum to 100";
+  EXPECT_NE(Cli("update-split echo --to-revisions 1=50,7=50"), 0) << "revision 7 does not exist";
+
+  ASSERT_EQ(Cli("rollback echo --to-revision 1"), 0);
+  EXPECT_TRUE(WaitFor([&] { return on(1) == 2 && on(2) == 0; }, 30s))
+      << json::serialize(Describe("echo"));
+  const json::value d = Describe("echo");
+  ASSERT_TRUE(d.is_object());
+  EXPECT_EQ(d.at("revisions").as_array().size(), 2u);
+  for (const auto& r : d.at("revisions").as_array()) {
+    EXPECT_EQ(r.at("percent").as_int64(), r.at("revision").as_int64() == 1 ? 100 : 0);
+  }
+
+  // Work published now is done by the rolled-back revision; nothing is lost on the way.
+  const std::set<std::string> published = Publish("after-rollback", 500);
+  ASSERT_TRUE(WaitFor([&] { return ReadRecord(record_).size() >= published.size(); }, 30s));
+  EXPECT_EQ(PoolLogs("echo").find("SIGKILL"), std::string::npos);
+}
+
 TEST_F(PoolE2ETest, CliReportsClearErrors) {
   EXPECT_NE(Cli("describe nosuchpool"), 0);
   EXPECT_NE(Cli("scale nosuchpool --instances 2"), 0);
