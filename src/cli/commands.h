@@ -14,5 +14,6 @@ int RunBroker(const Args& args);
 int RunStorage(const Args& args);
 int RunPools(const Args& args);
 int RunPool(const Args& args);
+int RunLlmSim(const Args& args);
 
 }  // namespace tidepool::cli

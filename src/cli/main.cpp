@@ -30,6 +30,10 @@ constexpr char kUsage[] =
     "  pools list|describe|deploy|scale|update-split|rollback|logs ...\n"
     "                             Operate worker pools through the admin API (tidepool pools\n"
     "                             help)\n"
+    "  llm-sim [--listen HOST:PORT] [--ttft-ms N] [--tokens-per-second N] ...\n"
+    "                             Serve a SIMULATED OpenAI-compatible Chat Completions API\n"
+    "                             (default 127.0.0.1:8090) for development, tests and load\n"
+    "                             (tidepool llm-sim --help)\n"
     "  storage inspect DIR        Show the segments, sequence range and recovery report of a log\n"
     "  storage verify DIR         Read every record of a log and check every checksum\n"
     "  version                    Print the version\n"
@@ -55,6 +59,7 @@ int Dispatch(int argc, char** argv) {
   if (cmd == "storage") return tidepool::cli::RunStorage(args);
   if (cmd == "pools") return tidepool::cli::RunPools(args);
   if (cmd == "pool") return tidepool::cli::RunPool(args);
+  if (cmd == "llm-sim") return tidepool::cli::RunLlmSim(args);
   std::fprintf(stderr, "tidepool: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }
