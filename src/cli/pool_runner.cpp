@@ -21,6 +21,7 @@ Result<std::unique_ptr<pool::PoolManager>> StartPools(const PoolRunnerOptions& o
   pool::ManagerOptions m;
   m.queue = options.queue;
   m.supervisor.log_dir = options.data_dir.empty() ? "" : options.data_dir + "/logs";
+  m.state_dir = options.data_dir.empty() ? "" : options.data_dir + "/pools";
   m.supervisor.base_env["PUBSUB_EMULATOR_HOST"] = options.pubsub_endpoint;
   m.supervisor.base_env["PUBSUB_PROJECT_ID"] = options.project;
   m.supervisor.base_env["GOOGLE_CLOUD_PROJECT"] = options.project;
@@ -41,6 +42,14 @@ Result<std::unique_ptr<pool::PoolManager>> StartPools(const PoolRunnerOptions& o
       return Status(deployed.status().code(), options.config_path + ": pool \"" + spec.name +
                                                   "\": " + deployed.status().message());
     }
+  }
+  // Pools deployed through the API after the config file was read win over the file's
+  // version of the same pool: they are the operator's later word.
+  auto restored = manager->RestoreSaved();
+  if (!restored.ok()) {
+    manager->Stop();
+    return Status(restored.status().code(),
+                  "restoring deployed pools: " + restored.status().message());
   }
   return manager;
 }

@@ -4,11 +4,14 @@
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
+#include <span>
 #include <sstream>
+#include <string_view>
 
 #include <boost/json.hpp>
 
 #include "queue/queue.h"
+#include "storage/env.h"
 
 namespace tidepool::pool {
 
@@ -17,6 +20,7 @@ namespace json = boost::json;
 namespace {
 
 constexpr double kMicrosPerSecond = 1e6;
+constexpr std::string_view kSavedSuffix = ".yaml";
 
 std::string Rfc3339(std::chrono::system_clock::time_point t) {
   const std::time_t secs = std::chrono::system_clock::to_time_t(t);
@@ -238,6 +242,43 @@ Result<int> PoolManager::Rollback(const std::string& name, std::optional<int> re
     }
   }
   return target;
+}
+
+Result<std::vector<std::string>> PoolManager::RestoreSaved() {
+  std::vector<std::string> restored;
+  if (options_.state_dir.empty()) return restored;
+  storage::Env* env = storage::DefaultEnv();
+  if (!env->FileExists(options_.state_dir)) return restored;
+  TP_ASSIGN_OR_RETURN(auto names, env->ListDir(options_.state_dir));
+  std::sort(names.begin(), names.end());
+  for (const auto& file : names) {
+    if (file.size() <= kSavedSuffix.size() ||
+        file.compare(file.size() - kSavedSuffix.size(), kSavedSuffix.size(), kSavedSuffix) != 0) {
+      continue;
+    }
+    const std::string path = options_.state_dir + "/" + file;
+    auto text = env->ReadFileToString(path);
+    if (!text.ok()) return text.status();
+    auto spec = ParsePool(*text, path);
+    if (!spec.ok()) {
+      if (options_.supervisor.log_sink) {
+        options_.supervisor.log_sink("pools: skipping " + path + ": " + spec.status().ToString());
+      }
+      continue;
+    }
+    TP_ASSIGN_OR_RETURN(auto deployed, Deploy(*spec));
+    restored.push_back(deployed.name);
+  }
+  return restored;
+}
+
+Status PoolManager::SaveSpec(const std::string& name, const std::string& yaml) const {
+  if (options_.state_dir.empty()) return Status::Ok();
+  storage::Env* env = storage::DefaultEnv();
+  TP_RETURN_IF_ERROR(env->CreateDirs(options_.state_dir));
+  return env->WriteFileAtomic(
+      options_.state_dir + "/" + name + std::string(kSavedSuffix),
+      std::span(reinterpret_cast<const std::byte*>(yaml.data()), yaml.size()));
 }
 
 std::vector<std::string> PoolManager::PoolNames() const {
@@ -525,6 +566,13 @@ admin::Response PoolManager::Handle(const admin::Request& r) {
     if (!spec.ok()) return admin::ErrorResponse(spec.status());
     auto result = Deploy(*spec);
     if (!result.ok()) return admin::ErrorResponse(result.status());
+    // Kept so that a restart runs the pool as deployed (a failure here leaves it running and
+    // says so: the deploy itself happened).
+    if (const Status saved = SaveSpec(result->name, r.body); !saved.ok()) {
+      return admin::ErrorResponse(500, "pool " + result->name + " deployed as revision " +
+                                           std::to_string(result->revision) +
+                                           " but not saved for restarts: " + saved.ToString());
+    }
     return ok(json::object{{"name", result->name},
                            {"revision", result->revision},
                            {"new_revision", result->new_revision},

@@ -44,6 +44,9 @@ struct ManagerOptions {
   size_t log_lines = 10'000;
   // How often the autoscaler loop wakes to see which pools are due.
   std::chrono::milliseconds loop_tick{100};
+  // Where pools deployed through the API are kept (NAME.yaml, the spec as deployed), so that a
+  // restart runs them again; empty: not kept.
+  std::string state_dir{};
 };
 
 struct DeployResult {
@@ -83,6 +86,10 @@ class PoolManager {
   Status SetSplit(const std::string& pool, const std::map<int, int>& split);
   Result<int> Rollback(const std::string& pool, std::optional<int> revision);
 
+  // Deploys the pools kept in state_dir (those deployed through the API before a restart).
+  // Returns the names deployed; a file that no longer parses is reported and skipped.
+  Result<std::vector<std::string>> RestoreSaved();
+
   std::vector<std::string> PoolNames() const;
   Result<PoolStatus> GetStatus(const std::string& pool) const;
   boost::json::object ListJson() const;
@@ -102,6 +109,7 @@ class PoolManager {
   void EvaluatePool(Pool& pool, ScalerClock::time_point now);
   Result<std::shared_ptr<Pool>> Find(const std::string& name) const;
   admin::Response Handle(const admin::Request& request);
+  Status SaveSpec(const std::string& name, const std::string& yaml) const;
 
   const ManagerOptions options_;
   mutable std::mutex mu_;

@@ -58,6 +58,11 @@ class PoolE2ETest : public ::testing::Test {
     port_ = testing::FreePort();
     admin_port_ = testing::FreePort();
     record_ = dir_.sub("record.txt");
+    StartUp();
+  }
+
+  // Starts `tidepool up` on the fixture's data dir and ports, and the queue that talks to it.
+  void StartUp() {
     up_ = std::make_unique<ChildProcess>(
         std::vector<std::string>{TIDEPOOL_BIN, "up", "--data-dir", dir_.sub("data"), "--listen",
                                  "127.0.0.1:" + std::to_string(port_), "--admin-listen",
@@ -326,6 +331,20 @@ TEST_F(PoolE2ETest, SplitAndRollbackThroughTheCli) {
   const std::set<std::string> published = Publish("after-rollback", 500);
   ASSERT_TRUE(WaitFor([&] { return ReadRecord(record_).size() >= published.size(); }, 30s));
   EXPECT_EQ(PoolLogs("echo").find("SIGKILL"), std::string::npos);
+}
+
+TEST_F(PoolE2ETest, DeployedPoolsSurviveARestart) {
+  Deploy(EchoPool(record_, "", "instances: 2\n"));
+  ASSERT_TRUE(WaitFor([&] { return CountInstances(Describe("echo"), "running", true) == 2; }, 30s));
+  queue_.reset();
+  up_->Signal(SIGTERM);
+  auto st = up_->Wait(60s);
+  ASSERT_TRUE(st.has_value() && WIFEXITED(*st) && WEXITSTATUS(*st) == 0);
+  StartUp();
+  ASSERT_TRUE(WaitFor([&] { return CountInstances(Describe("echo"), "running", true) == 2; }, 30s))
+      << "the deployed pool did not come back: " << json::serialize(Describe("echo"));
+  const std::set<std::string> published = Publish("after-restart", 200);
+  EXPECT_TRUE(WaitFor([&] { return ReadRecord(record_).size() >= published.size(); }, 30s));
 }
 
 TEST_F(PoolE2ETest, CliReportsClearErrors) {
