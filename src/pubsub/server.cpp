@@ -223,15 +223,17 @@ class StreamingPullReactor final
   void OnWriteDone(bool ok) override {
     std::lock_guard lock(mu_);
     writing_ = false;
-    if (!ok) {
-      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
-      return;
-    }
+    // A stream ended while its write was in flight finishes now, whether or not the write got
+    // through: a client that cancels mid-write fails the write, and the Finish must still be
+    // called or the call never completes and the server's Shutdown waits for it forever.
     if (pending_finish_) {
       auto status = std::move(*pending_finish_);
       pending_finish_.reset();
-      finished_ = false;
-      FinishLocked(std::move(status));
+      Finish(std::move(status));
+      return;
+    }
+    if (!ok) {
+      FinishLocked(grpc::Status(grpc::StatusCode::CANCELLED, "write failed"));
       return;
     }
     SchedulePumpLocked();

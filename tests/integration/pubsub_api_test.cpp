@@ -4,6 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <future>
 #include <set>
 #include <thread>
 
@@ -19,6 +22,8 @@
 
 namespace tidepool::pubsub {
 namespace {
+
+using namespace std::chrono_literals;
 
 constexpr int64_t kStart = 1'700'000'000'000'000;
 constexpr char kProject[] = "projects/p";
@@ -361,6 +366,44 @@ TEST_F(PubsubApiTest, StreamingPullWithFlowControlAndInStreamAcks) {
   EXPECT_TRUE(stream->Finish().ok());
   EXPECT_EQ(seen.size(), 20u);
   EXPECT_EQ(broker_->Backlogs()[0].backlog.undelivered_messages, 0u);
+}
+
+// A client that cancels its stream while the server's write to it is stuck (the client reads
+// nothing, so HTTP/2 flow control holds the write) must not leave the call unfinished: the
+// server's Shutdown waits for every call, so one leaked stream made `tidepool up` hang at exit.
+TEST_F(PubsubApiTest, CancellingAStreamMidWriteLetsTheServerShutDown) {
+  Setup();
+  const std::string big(512 * 1024, 'x');
+  for (int batch = 0; batch < 4; ++batch) Publish({big, big, big, big});
+  grpc::ClientContext ctx;
+  auto stream = subscriber_->StreamingPull(&ctx);
+  v1::StreamingPullRequest first;
+  first.set_subscription(kSub);
+  first.set_stream_ack_deadline_seconds(30);
+  ASSERT_TRUE(stream->Write(first));
+  // Never read: the server's response with 8 MB of messages cannot be written out.
+  std::this_thread::sleep_for(500ms);
+  ctx.TryCancel();
+  EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  auto shutdown = std::async(std::launch::async, [&] { server_->Shutdown(1'000'000); });
+  if (shutdown.wait_for(60s) != std::future_status::ready) {
+    std::fprintf(stderr, "the server's Shutdown did not return: a stream was never finished\n");
+    std::abort();
+  }
+  server_.reset();
+  // The messages went back to the subscription: nothing is lost.
+  Restart();
+  std::set<std::string> ids;
+  for (int i = 0; i < 40 && ids.size() < 16; ++i) {
+    const v1::PullResponse got = Pull(4);  // 2 MB: under the client's 4 MB receive limit
+    for (const auto& m : got.received_messages()) ids.insert(m.message().message_id());
+    if (got.received_messages_size() > 0) {
+      EXPECT_TRUE(Ack(AckIds(got)).ok());
+    } else {
+      Advance(60);  // expire any lease still held from the cancelled stream
+    }
+  }
+  EXPECT_EQ(ids.size(), 16u);
 }
 
 TEST_F(PubsubApiTest, StreamingPullRejectsABadFirstRequest) {
