@@ -46,6 +46,10 @@ using broker::ResourceKind;
 
 constexpr std::chrono::milliseconds kInitialReopenBackoff{100};
 constexpr std::chrono::milliseconds kMaxReopenBackoff{10'000};
+// After StopPulling the stream is half-closed and read to its end, so that messages the server
+// already sent are nacked (redelivered at once) instead of waiting out their lease in a buffer
+// nobody reads. A server that does not end the stream by then is cancelled.
+constexpr std::chrono::milliseconds kHalfCloseWait{5'000};
 // The bounds the API puts on stream_ack_deadline_seconds.
 constexpr int kMinStreamAckDeadline = broker::kMinAckDeadlineSeconds;
 constexpr int kMaxStreamAckDeadline = broker::kMaxAckDeadlineSeconds;
@@ -187,8 +191,27 @@ class PullReactor final
   }
   // REQUIRES: OnDone has not run (the state's mutex guarantees it).
   void Cancel() { ctx_.TryCancel(); }
+  // Says the client sends nothing more; the server then ends the stream after what it is
+  // writing, and the reads go on until it has. REQUIRES: OnDone has not run.
+  void HalfClose() {
+    {
+      std::lock_guard lock(mu_);
+      if (half_close_requested_) return;
+      half_close_requested_ = true;
+      if (!initial_written_) return;  // OnWriteDone issues it: never before the first write
+    }
+    StartWritesDone();
+  }
 
-  void OnWriteDone(bool) override {}  // a failed write ends the call: OnDone reports it
+  void OnWriteDone(bool ok) override {
+    // A failed write ends the call: OnDone reports it.
+    {
+      std::lock_guard lock(mu_);
+      initial_written_ = true;
+      if (!ok || !half_close_requested_) return;
+    }
+    StartWritesDone();
+  }
   void OnReadDone(bool ok) override {
     if (!ok) return;  // the stream is over; OnDone follows
     state_->OnResponse(response_);
@@ -205,6 +228,9 @@ class PullReactor final
   grpc::ClientContext ctx_;
   v1::StreamingPullRequest initial_;
   v1::StreamingPullResponse response_;
+  std::mutex mu_;
+  bool initial_written_ = false;
+  bool half_close_requested_ = false;
 };
 
 class PubsubStream final : public MessageStream {
@@ -812,14 +838,28 @@ void StreamState::GiveBack(std::vector<std::string> ack_ids) {
 
 void StreamState::StopPulling() {
   std::vector<std::string> give_back;
+  PullReactor* closing = nullptr;
   {
     std::lock_guard lock(mu_);
+    const bool first = !stopped_;
     stopped_ = true;
-    if (reactor_ != nullptr) reactor_->Cancel();
+    if (reactor_ != nullptr && first) {
+      reactor_->HalfClose();
+      closing = reactor_;
+    }
     for (const auto& d : pending_) give_back.push_back(d.ack_id);
     pending_.clear();
   }
   GiveBack(std::move(give_back));
+  if (closing == nullptr) return;
+  queue_->thread().Post([self = shared_from_this(), closing] {
+    self->reopen_timer_.expires_after(kHalfCloseWait);
+    self->reopen_timer_.async_wait([self, closing](const boost::system::error_code& ec) {
+      if (ec) return;
+      std::lock_guard lock(self->mu_);
+      if (self->reactor_ == closing) self->reactor_->Cancel();
+    });
+  });
 }
 
 void StreamState::Close() {
@@ -831,6 +871,10 @@ void StreamState::Close() {
   StopPulling();
   {
     std::unique_lock lock(mu_);
+    // Messages still arriving are given back as they are read (OnResponse).
+    if (!cv_.wait_for(lock, kHalfCloseWait, [this] { return reactor_ == nullptr; })) {
+      reactor_->Cancel();
+    }
     cv_.wait(lock, [this] { return reactor_ == nullptr; });
     // From a callback the settle calls cannot complete while we wait on their thread.
     if (!queue_->thread().InThread()) cv_.wait(lock, [this] { return settling_ == 0; });
