@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "common/units.h"
 
 namespace tidepool::pool {
 
@@ -132,10 +133,8 @@ Result<std::vector<PoolSpec>> ParsePools(const std::string& yaml_text, const std
 // the message lists every problem, one per line, as "path.to.key: what is wrong".
 Status Validate(const PoolSpec& spec);
 
-// "30s", "500ms", "2m", "1h", "1m30s", "1.5s", or a bare number of seconds ("30").
-Result<std::chrono::milliseconds> ParseDuration(std::string_view text);
-// "256Mi", "1Gi", "500M", "64k", or a bare number of bytes. Binary suffixes Ki Mi Gi Ti;
-// decimal suffixes k (or K) M G T.
-Result<int64_t> ParseByteSize(std::string_view text);
+// Durations and sizes (common/units.h), as pool specs write them.
+using tidepool::ParseByteSize;
+using tidepool::ParseDuration;
 
 }  // namespace tidepool::pool
