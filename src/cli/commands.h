@@ -15,5 +15,6 @@ int RunStorage(const Args& args);
 int RunPools(const Args& args);
 int RunPool(const Args& args);
 int RunLlmSim(const Args& args);
+int RunWorker(const Args& args);
 
 }  // namespace tidepool::cli

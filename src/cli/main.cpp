@@ -34,6 +34,9 @@ constexpr char kUsage[] =
     "                             Serve a SIMULATED OpenAI-compatible Chat Completions API\n"
     "                             (default 127.0.0.1:8090) for development, tests and load\n"
     "                             (tidepool llm-sim --help)\n"
+    "  worker --app FILE [--llm-base-url URL] ...\n"
+    "                             Run an app's LLM pipeline on its request subscription (the\n"
+    "                             command a pool runs; tidepool worker --help)\n"
     "  storage inspect DIR        Show the segments, sequence range and recovery report of a log\n"
     "  storage verify DIR         Read every record of a log and check every checksum\n"
     "  version                    Print the version\n"
@@ -60,6 +63,7 @@ int Dispatch(int argc, char** argv) {
   if (cmd == "pools") return tidepool::cli::RunPools(args);
   if (cmd == "pool") return tidepool::cli::RunPool(args);
   if (cmd == "llm-sim") return tidepool::cli::RunLlmSim(args);
+  if (cmd == "worker") return tidepool::cli::RunWorker(args);
   std::fprintf(stderr, "tidepool: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

@@ -691,6 +691,12 @@ Result<WorkerEnv> ParseWorkerEnv(const std::function<const char*(const char*)>& 
 }
 
 int RunWorkerMain(Handler handler, RuntimeOptions defaults) {
+  return RunWorkerMain([handler = std::move(handler)](
+                           queue::Queue&, const WorkerEnv&) -> Result<Handler> { return handler; },
+                       std::move(defaults));
+}
+
+int RunWorkerMain(const HandlerSetup& setup, RuntimeOptions defaults) {
   sigset_t drain_signals;
   sigemptyset(&drain_signals);
   sigaddset(&drain_signals, SIGTERM);
@@ -713,7 +719,12 @@ int RunWorkerMain(Handler handler, RuntimeOptions defaults) {
          queue.status().ToString().c_str());
     return 1;
   }
-  Runtime runtime(**queue, env->options, std::move(handler));
+  auto handler = setup(**queue, *env);
+  if (!handler.ok()) {
+    Logf(prefix, "%s", handler.status().ToString().c_str());
+    return handler.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
+  }
+  Runtime runtime(**queue, env->options, std::move(handler).value());
   std::atomic<bool> finished{false};
   std::thread signal_thread([&] {
     for (;;) {

@@ -135,6 +135,13 @@ struct WorkerEnv {
   std::string project{};
   RuntimeOptions options{};
 };
+
+// For handlers that need the queue (to publish, to create their topics): `setup` runs once the
+// queue is open, before pulling starts. An INVALID_ARGUMENT from it exits 2 (bad
+// configuration), any other error 1.
+using HandlerSetup = std::function<Result<Handler>(queue::Queue& queue, const WorkerEnv& env)>;
+int RunWorkerMain(const HandlerSetup& setup, RuntimeOptions defaults = {});
+
 // `getenv` is the lookup (nullptr when unset), so tests need not touch the process env.
 Result<WorkerEnv> ParseWorkerEnv(const std::function<const char*(const char*)>& getenv,
                                  RuntimeOptions defaults);
