@@ -1,0 +1,511 @@
+// The SQLite engine: one file, one connection guarded by a mutex, prepared statements kept for
+// the connection's life. Several processes may open the same file: writes take the database's
+// write lock up front (BEGIN IMMEDIATE) and wait for it up to kBusyTimeoutMs.
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "store/engine.h"
+#include "store/migrations.h"
+#include "store/store.h"
+
+namespace tidepool::store {
+namespace {
+
+using internal::NowMicros;
+
+// How long a call waits for another process's write lock (UNAVAILABLE after).
+constexpr std::chrono::milliseconds kBusyTimeout{5'000};
+constexpr std::chrono::milliseconds kBusyRetryPause{10};
+
+// The columns ReadMessage reads, in its order.
+#define TP_MESSAGE_COLUMNS \
+  "id, conversation_id, role, text, request_id, cards_json, created_micros, seq, published"
+
+Status SqliteError(sqlite3* db, int rc, std::string_view what) {
+  std::string message = "sqlite: " + std::string(what) + ": " + sqlite3_errmsg(db);
+  switch (rc & 0xff) {
+    case SQLITE_CONSTRAINT:
+      if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE) {
+        return Status::AlreadyExists(std::move(message));
+      }
+      if (rc == SQLITE_CONSTRAINT_FOREIGNKEY) return Status::NotFound(std::move(message));
+      return Status::InvalidArgument(std::move(message));
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+    case SQLITE_CANTOPEN:
+      return Status::Unavailable(std::move(message));
+    case SQLITE_FULL:
+      return Status::ResourceExhausted(std::move(message));
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return Status::Corruption(std::move(message));
+    case SQLITE_IOERR:
+      return Status::IOError(std::move(message));
+    case SQLITE_READONLY:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+      return Status::PermissionDenied(std::move(message));
+    case SQLITE_TOOBIG:
+      return Status::InvalidArgument(std::move(message));
+    default:
+      return Status::Internal(std::move(message));
+  }
+}
+
+// A prepared statement, finalized with the object.
+class Statement {
+ public:
+  Statement() = default;
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  Status Prepare(sqlite3* db, std::string_view sql) {
+    const int rc = sqlite3_prepare_v3(db, sql.data(), static_cast<int>(sql.size()),
+                                      SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr);
+    if (rc != SQLITE_OK) return SqliteError(db, rc, "prepare");
+    return Status::Ok();
+  }
+  sqlite3_stmt* get() const { return stmt_; }
+
+ private:
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+// One run of a prepared statement: binds its parameters in order, steps it, reads columns.
+// The statement is reset and its bindings cleared when the run ends, so the next starts clean.
+class Run {
+ public:
+  Run(sqlite3* db, const Statement& statement, std::string_view what)
+      : db_(db), stmt_(statement.get()), what_(what) {}
+  ~Run() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+  }
+  Run(const Run&) = delete;
+  Run& operator=(const Run&) = delete;
+
+  Run& Text(std::string_view value) {
+    // A null pointer would bind NULL, not an empty text.
+    const char* data = value.data() != nullptr ? value.data() : "";
+    return Check(
+        sqlite3_bind_text(stmt_, ++index_, data, static_cast<int>(value.size()), SQLITE_TRANSIENT));
+  }
+  Run& TextOrNull(std::string_view value) {
+    if (value.empty()) return Check(sqlite3_bind_null(stmt_, ++index_));
+    return Text(value);
+  }
+  Run& Int(int64_t value) { return Check(sqlite3_bind_int64(stmt_, ++index_, value)); }
+
+  // True when the statement produced a row, false when it is done.
+  Result<bool> Step() {
+    if (bind_rc_ != SQLITE_OK) return SqliteError(db_, bind_rc_, what_);
+    const int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    return SqliteError(db_, rc, what_);
+  }
+  // Runs a statement that returns no rows.
+  Status Execute() { return Step().status(); }
+
+  std::string ColumnText(int column) const {
+    const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, column));
+    return std::string(text ? text : "", static_cast<size_t>(sqlite3_column_bytes(stmt_, column)));
+  }
+  int64_t ColumnInt(int column) const { return sqlite3_column_int64(stmt_, column); }
+  int Changes() const { return sqlite3_changes(db_); }
+
+ private:
+  Run& Check(int rc) {
+    if (rc != SQLITE_OK && bind_rc_ == SQLITE_OK) bind_rc_ = rc;
+    return *this;
+  }
+
+  sqlite3* db_;
+  sqlite3_stmt* stmt_;
+  std::string_view what_;
+  int index_ = 0;
+  int bind_rc_ = SQLITE_OK;
+};
+
+// REQUIRES: the run's current row comes from a SELECT of TP_MESSAGE_COLUMNS.
+Result<StoredMessage> ReadMessage(const Run& run) {
+  StoredMessage message;
+  message.id = run.ColumnText(0);
+  message.conversation_id = run.ColumnText(1);
+  TP_ASSIGN_OR_RETURN(message.role, internal::ParseRole(run.ColumnText(2)));
+  message.text = run.ColumnText(3);
+  message.request_id = run.ColumnText(4);
+  message.cards_json = run.ColumnText(5);
+  message.created_micros = run.ColumnInt(6);
+  message.seq = run.ColumnInt(7);
+  message.published = run.ColumnInt(8) != 0;
+  return message;
+}
+
+// The statements of the store, prepared once at open.
+struct Statements {
+  Statement begin_immediate;
+  Statement commit;
+  Statement rollback;
+  Statement insert_conversation;
+  Statement get_conversation;
+  Statement conversation_next_seq;
+  Statement set_next_seq;
+  Statement find_by_idempotency_key;
+  Statement find_message;
+  Statement reply_exists;
+  Statement insert_message;
+  Statement mark_published;
+  Statement unpublished;
+  Statement history;
+  Statement schema_version;
+
+  Status Prepare(sqlite3* db) {
+    const std::pair<Statement*, std::string_view> all[] = {
+        {&begin_immediate, "BEGIN IMMEDIATE"},
+        {&commit, "COMMIT"},
+        {&rollback, "ROLLBACK"},
+        {&insert_conversation,
+         "INSERT INTO conversations (id, app, created_micros) VALUES (?, ?, ?) "
+         "ON CONFLICT (id) DO NOTHING"},
+        {&get_conversation, "SELECT id, app, created_micros FROM conversations WHERE id = ?"},
+        {&conversation_next_seq, "SELECT next_seq FROM conversations WHERE id = ?"},
+        {&set_next_seq, "UPDATE conversations SET next_seq = ? WHERE id = ?"},
+        {&find_by_idempotency_key,
+         "SELECT " TP_MESSAGE_COLUMNS " FROM messages WHERE conversation_id = ? AND "
+         "idempotency_key = ?"},
+        {&find_message, "SELECT " TP_MESSAGE_COLUMNS " FROM messages WHERE id = ?"},
+        {&reply_exists, "SELECT 1 FROM messages WHERE request_id = ? AND role <> 'user'"},
+        {&insert_message,
+         "INSERT INTO messages (id, conversation_id, seq, role, text, request_id, cards_json, "
+         "created_micros, published, idempotency_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"},
+        {&mark_published, "UPDATE messages SET published = 1 WHERE id = ? AND role = 'user'"},
+        {&unpublished,
+         "SELECT " TP_MESSAGE_COLUMNS " FROM messages WHERE role = 'user' AND published = 0 AND "
+         "created_micros < ? ORDER BY created_micros, id LIMIT ?"},
+        {&history, "SELECT " TP_MESSAGE_COLUMNS
+                   " FROM messages WHERE conversation_id = ? ORDER BY seq DESC LIMIT ?"},
+        {&schema_version, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"},
+    };
+    for (const auto& [statement, sql] : all) TP_RETURN_IF_ERROR(statement->Prepare(db, sql));
+    return Status::Ok();
+  }
+};
+
+// A write transaction on the connection: BEGIN IMMEDIATE takes the database's write lock at
+// once, so the reads that decide a write see everything committed by any process, and nothing
+// commits in between. Rolled back unless committed.
+// REQUIRES: the store's mutex is held for the transaction's life.
+class SqliteTransaction final : public internal::WriteTransaction {
+ public:
+  SqliteTransaction(sqlite3* db, Statements& statements) : db_(db), s_(statements) {}
+  ~SqliteTransaction() override {
+    if (!sqlite3_get_autocommit(db_)) (void)Run(db_, s_.rollback, "rollback").Execute();
+  }
+  SqliteTransaction(const SqliteTransaction&) = delete;
+  SqliteTransaction& operator=(const SqliteTransaction&) = delete;
+
+  Status Begin() { return Run(db_, s_.begin_immediate, "begin").Execute(); }
+  Status Commit() { return Run(db_, s_.commit, "commit").Execute(); }
+
+  Result<std::optional<int64_t>> LockConversation(const std::string& id) override {
+    // The write lock taken by BEGIN IMMEDIATE already covers the conversation.
+    Run run(db_, s_.conversation_next_seq, "read conversation");
+    TP_ASSIGN_OR_RETURN(const bool found, run.Text(id).Step());
+    if (!found) return std::optional<int64_t>();
+    return std::optional<int64_t>(run.ColumnInt(0));
+  }
+
+  Result<std::optional<StoredMessage>> FindByIdempotencyKey(const std::string& conversation_id,
+                                                            const std::string& key) override {
+    Run run(db_, s_.find_by_idempotency_key, "find idempotency key");
+    return FindOne(run.Text(conversation_id).Text(key));
+  }
+
+  Result<std::optional<StoredMessage>> FindMessage(const std::string& id) override {
+    Run run(db_, s_.find_message, "find message");
+    return FindOne(run.Text(id));
+  }
+
+  Result<bool> ReplyExists(const std::string& request_id) override {
+    Run run(db_, s_.reply_exists, "find reply");
+    return run.Text(request_id).Step();
+  }
+
+  Status Insert(const StoredMessage& message, const std::string& idempotency_key,
+                int64_t next_seq) override {
+    Run insert(db_, s_.insert_message, "add message");
+    TP_RETURN_IF_ERROR(insert.Text(message.id)
+                           .Text(message.conversation_id)
+                           .Int(message.seq)
+                           .Text(RoleName(message.role))
+                           .Text(message.text)
+                           .Text(message.request_id)
+                           .Text(message.cards_json)
+                           .Int(message.created_micros)
+                           .Int(message.published ? 1 : 0)
+                           .TextOrNull(idempotency_key)
+                           .Execute());
+    Run update(db_, s_.set_next_seq, "advance seq");
+    return update.Int(next_seq).Text(message.conversation_id).Execute();
+  }
+
+ private:
+  static Result<std::optional<StoredMessage>> FindOne(Run& run) {
+    TP_ASSIGN_OR_RETURN(const bool found, run.Step());
+    if (!found) return std::optional<StoredMessage>();
+    TP_ASSIGN_OR_RETURN(StoredMessage message, ReadMessage(run));
+    return std::optional<StoredMessage>(std::move(message));
+  }
+
+  sqlite3* db_;
+  Statements& s_;
+};
+
+struct DbCloser {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+
+class SqliteStore final : public Store {
+ public:
+  static Result<std::unique_ptr<Store>> Open(const std::string& path) {
+    const auto parent = std::filesystem::path(path).parent_path();
+    std::error_code ec;
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+    if (ec) {
+      return Status::Unavailable("sqlite: cannot create the directory " + parent.string() + ": " +
+                                 ec.message());
+    }
+    auto store = std::unique_ptr<SqliteStore>(new SqliteStore);
+    sqlite3* db = nullptr;
+    // NOMUTEX: the store's own mutex serializes every use of the connection.
+    const int rc =
+        sqlite3_open_v2(path.c_str(), &db,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+    store->db_.reset(db);
+    if (rc != SQLITE_OK) {
+      return Status::Unavailable("sqlite: cannot open " + path + ": " +
+                                 (db != nullptr ? sqlite3_errmsg(db) : "out of memory"));
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, static_cast<int>(kBusyTimeout.count()));
+    TP_RETURN_IF_ERROR(store->Configure("configure " + path));
+    TP_RETURN_IF_ERROR(store->Migrate());
+    TP_RETURN_IF_ERROR(store->statements_.Prepare(db));
+    return std::unique_ptr<Store>(std::move(store));
+  }
+
+  Status CreateConversation(const Conversation& conversation) override {
+    TP_ASSIGN_OR_RETURN(const Conversation prepared, internal::PrepareConversation(conversation));
+    std::lock_guard lock(mu_);
+    Run run(db(), statements_.insert_conversation, "create conversation");
+    TP_RETURN_IF_ERROR(
+        run.Text(prepared.id).Text(prepared.app).Int(prepared.created_micros).Execute());
+    if (run.Changes() == 0) {
+      return Status::AlreadyExists("store: conversation " + prepared.id + " exists");
+    }
+    return Status::Ok();
+  }
+
+  Result<std::optional<Conversation>> GetConversation(const std::string& id) override {
+    TP_RETURN_IF_ERROR(internal::CheckId("conversation id", id));
+    std::lock_guard lock(mu_);
+    Run run(db(), statements_.get_conversation, "get conversation");
+    TP_ASSIGN_OR_RETURN(const bool found, run.Text(id).Step());
+    if (!found) return std::optional<Conversation>();
+    return std::optional<Conversation>(
+        Conversation{run.ColumnText(0), run.ColumnText(1), run.ColumnInt(2)});
+  }
+
+  Result<AddResult> AddUserMessage(const StoredMessage& message,
+                                   const std::string& idempotency_key) override {
+    TP_ASSIGN_OR_RETURN(StoredMessage prepared,
+                        internal::PrepareUserMessage(message, idempotency_key));
+    return Write([&](SqliteTransaction& tx) {
+      return internal::AddUserMessageSteps(tx, std::move(prepared), idempotency_key);
+    });
+  }
+
+  Status MarkPublished(const std::string& message_id) override {
+    TP_RETURN_IF_ERROR(internal::CheckId("message id", message_id));
+    std::lock_guard lock(mu_);
+    Run run(db(), statements_.mark_published, "mark published");
+    TP_RETURN_IF_ERROR(run.Text(message_id).Execute());
+    if (run.Changes() == 0) return Status::NotFound("store: no user message " + message_id);
+    return Status::Ok();
+  }
+
+  Result<std::vector<StoredMessage>> Unpublished(int64_t before_micros, int limit) override {
+    TP_RETURN_IF_ERROR(internal::CheckLimit(limit));
+    std::lock_guard lock(mu_);
+    Run run(db(), statements_.unpublished, "list unpublished");
+    run.Int(before_micros).Int(limit);
+    return ReadMessages(run);
+  }
+
+  Result<bool> AddReply(const StoredMessage& reply) override {
+    TP_ASSIGN_OR_RETURN(StoredMessage prepared, internal::PrepareReply(reply));
+    return Write(
+        [&](SqliteTransaction& tx) { return internal::AddReplySteps(tx, std::move(prepared)); });
+  }
+
+  Result<std::vector<StoredMessage>> History(const std::string& conversation_id,
+                                             int limit) override {
+    TP_RETURN_IF_ERROR(internal::CheckId("conversation id", conversation_id));
+    TP_RETURN_IF_ERROR(internal::CheckLimit(limit));
+    std::lock_guard lock(mu_);
+    std::vector<StoredMessage> messages;
+    {
+      Run run(db(), statements_.history, "read history");
+      run.Text(conversation_id).Int(limit);
+      TP_ASSIGN_OR_RETURN(messages, ReadMessages(run));
+    }
+    if (messages.empty()) {
+      Run run(db(), statements_.conversation_next_seq, "read conversation");
+      TP_ASSIGN_OR_RETURN(const bool found, run.Text(conversation_id).Step());
+      if (!found) return Status::NotFound("store: no conversation " + conversation_id);
+    }
+    std::reverse(messages.begin(), messages.end());
+    return messages;
+  }
+
+  Status Ping() override { return SchemaVersion().status(); }
+
+  Result<int> SchemaVersion() override {
+    std::lock_guard lock(mu_);
+    Run run(db(), statements_.schema_version, "read schema version");
+    TP_ASSIGN_OR_RETURN(const bool found, run.Step());
+    if (!found) return Status::Internal("sqlite: no schema version");
+    return static_cast<int>(run.ColumnInt(0));
+  }
+
+  std::string engine() const override { return "sqlite"; }
+
+ private:
+  SqliteStore() = default;
+
+  sqlite3* db() const { return db_.get(); }
+
+  // Runs `steps` in a write transaction; commits when they succeed.
+  template <typename Steps>
+  auto Write(Steps&& steps) -> decltype(steps(std::declval<SqliteTransaction&>())) {
+    std::lock_guard lock(mu_);
+    SqliteTransaction tx(db(), statements_);
+    TP_RETURN_IF_ERROR(tx.Begin());
+    auto result = steps(tx);
+    if (!result.ok()) return result;
+    TP_RETURN_IF_ERROR(tx.Commit());
+    return result;
+  }
+
+  static Result<std::vector<StoredMessage>> ReadMessages(Run& run) {
+    std::vector<StoredMessage> messages;
+    for (;;) {
+      TP_ASSIGN_OR_RETURN(const bool found, run.Step());
+      if (!found) return messages;
+      TP_ASSIGN_OR_RETURN(StoredMessage message, ReadMessage(run));
+      messages.push_back(std::move(message));
+    }
+  }
+
+  // synchronous=FULL, not the NORMAL that WAL usually runs with: under NORMAL a commit is
+  // not fsync'd and the last ones can be lost in a power cut, but the web tier answers 202
+  // once AddUserMessage returns, promising the message is on disk (DESIGN.md, promise 1).
+  //
+  // Turning a new file to WAL needs the file to itself, and SQLite answers SQLITE_BUSY at once
+  // (no busy handler) when another process opens the same new file at that moment: retried.
+  Status Configure(std::string_view what) {
+    const auto deadline = std::chrono::steady_clock::now() + kBusyTimeout;
+    for (;;) {
+      const int rc = sqlite3_exec(
+          db(), "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+          nullptr, nullptr, nullptr);
+      if (rc == SQLITE_OK) return Status::Ok();
+      if ((rc & 0xff) != SQLITE_BUSY || std::chrono::steady_clock::now() >= deadline) {
+        return SqliteError(db(), rc, what);
+      }
+      std::this_thread::sleep_for(kBusyRetryPause);
+    }
+  }
+
+  Status ExecuteOne(std::string_view sql, std::string_view what) {
+    Statement statement;
+    TP_RETURN_IF_ERROR(statement.Prepare(db(), sql));
+    return Run(db(), statement, what).Execute();
+  }
+
+  // Runs `body` inside BEGIN IMMEDIATE ... COMMIT: with the database's write lock, taken
+  // first, so that a read in `body` cannot go stale before its write (SQLITE_BUSY_SNAPSHOT).
+  template <typename Body>
+  Status InWriteTransaction(std::string_view what, Body&& body) {
+    TP_RETURN_IF_ERROR(ExecuteOne("BEGIN IMMEDIATE", what));
+    Status status = body();
+    if (status.ok()) status = ExecuteOne("COMMIT", what);
+    if (!sqlite3_get_autocommit(db())) (void)ExecuteOne("ROLLBACK", what);
+    return status;
+  }
+
+  // Applies the migrations not recorded yet (migrations.h), each in its own transaction.
+  Status Migrate() {
+    TP_RETURN_IF_ERROR(InWriteTransaction("create schema_migrations", [&]() -> Status {
+      TP_RETURN_IF_ERROR(
+          ExecuteOne("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                     "  version INTEGER PRIMARY KEY,"
+                     "  name TEXT NOT NULL,"
+                     "  applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+                     "create schema_migrations"));
+      Statement newest;
+      TP_RETURN_IF_ERROR(
+          newest.Prepare(db(), "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"));
+      Run run(db(), newest, "read schema version");
+      TP_ASSIGN_OR_RETURN(const bool found, run.Step());
+      if (found && run.ColumnInt(0) > kSchemaVersion) {
+        return Status::FailedPrecondition(
+            "sqlite: the database has schema version " + std::to_string(run.ColumnInt(0)) +
+            ", newer than this build's " + std::to_string(kSchemaVersion));
+      }
+      return Status::Ok();
+    }));
+    for (const Migration& migration : Migrations()) {
+      const std::string what = "migration " + std::to_string(migration.version);
+      TP_RETURN_IF_ERROR(InWriteTransaction(what, [&]() -> Status {
+        Statement recorded;
+        TP_RETURN_IF_ERROR(
+            recorded.Prepare(db(), "SELECT 1 FROM schema_migrations WHERE version = ?"));
+        Run check(db(), recorded, what);
+        TP_ASSIGN_OR_RETURN(const bool done, check.Int(migration.version).Step());
+        if (done) return Status::Ok();
+        for (const std::string_view sql : migration.sqlite) {
+          TP_RETURN_IF_ERROR(ExecuteOne(sql, what));
+        }
+        Statement record;
+        TP_RETURN_IF_ERROR(
+            record.Prepare(db(), "INSERT INTO schema_migrations (version, name) VALUES (?, ?)"));
+        return Run(db(), record, what).Int(migration.version).Text(migration.name).Execute();
+      }));
+    }
+    return Status::Ok();
+  }
+
+  std::mutex mu_;  // one connection: every statement runs under it
+  std::unique_ptr<sqlite3, DbCloser> db_;
+  Statements statements_;  // finalized before db_ is closed (declared after it)
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Store>> OpenSqliteStore(const std::string& path) {
+  return SqliteStore::Open(path);
+}
+
+}  // namespace tidepool::store

@@ -1,0 +1,192 @@
+// The store suite (store_test.cpp) on the SQLite engine, and what only SQLite has: the file and
+// its directory, WAL, several processes sharing one file, sqlite: URLs.
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "store/store.h"
+#include "store/store_test.h"
+
+namespace tidepool::store::testing {
+namespace {
+
+std::string MakeTempDir() {
+  std::string path = (std::filesystem::temp_directory_path() / "tidepool-store-XXXXXX").string();
+  if (::mkdtemp(path.data()) == nullptr) return "";
+  return path;
+}
+
+class SqliteBackend final : public StoreBackend {
+ public:
+  SqliteBackend() : dir_(MakeTempDir()) {}
+  ~SqliteBackend() override {
+    std::error_code ec;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
+  }
+
+  // In a directory that does not exist yet: the store creates it.
+  std::string path() const { return dir_ + "/data/store/conversations.db"; }
+
+  Result<std::unique_ptr<Store>> Open() override {
+    if (dir_.empty()) return Status::IOError("cannot make a temporary directory");
+    return OpenSqliteStore(path());
+  }
+
+  Result<std::vector<std::vector<std::string>>> Query(const std::string& sql) override {
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(path().c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) != SQLITE_OK) {
+      sqlite3_close(db);
+      return Status::IOError("cannot open " + path());
+    }
+    sqlite3_busy_timeout(db, 5'000);
+    // As any writer of the file must, or SQLite ignores the schema's foreign keys.
+    sqlite3_exec(db, "PRAGMA foreign_keys = ON", nullptr, nullptr, nullptr);
+    sqlite3_stmt* stmt = nullptr;
+    std::vector<std::vector<std::string>> rows;
+    int rc = sqlite3_prepare_v2(db, sql.c_str(), -1, &stmt, nullptr);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(stmt)) == SQLITE_ROW) {
+      auto& row = rows.emplace_back();
+      for (int c = 0; c < sqlite3_column_count(stmt); ++c) {
+        const auto* text = reinterpret_cast<const char*>(sqlite3_column_text(stmt, c));
+        row.emplace_back(text != nullptr ? text : "");
+      }
+      rc = SQLITE_OK;
+    }
+    const std::string error = sqlite3_errmsg(db);
+    sqlite3_finalize(stmt);
+    sqlite3_close(db);
+    if (rc != SQLITE_DONE) return Status::Internal("sqlite: " + error);
+    return rows;
+  }
+
+ private:
+  std::string dir_;
+};
+
+INSTANTIATE_TEST_SUITE_P(Sqlite, StoreTest,
+                         ::testing::Values(BackendParam{
+                             "sqlite", [] { return std::make_unique<SqliteBackend>(); }}),
+                         BackendName);
+
+TEST(SqliteStoreTest, OpenCreatesTheDirectoryAndTheFileInWalMode) {
+  SqliteBackend backend;
+  ASSERT_FALSE(std::filesystem::exists(backend.path()));
+  auto store = backend.Open();
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_TRUE(std::filesystem::exists(backend.path()));
+  auto mode = backend.Query("PRAGMA journal_mode");
+  ASSERT_TRUE(mode.ok()) << mode.status().ToString();
+  EXPECT_EQ(mode->at(0).at(0), "wal");
+}
+
+TEST(SqliteStoreTest, APathThatCannotBeOpenedIsUnavailable) {
+  auto under_a_file = OpenSqliteStore("/dev/null/store/conversations.db");
+  EXPECT_EQ(under_a_file.status().code(), StatusCode::kUnavailable);
+  EXPECT_NE(under_a_file.status().message().find("sqlite"), std::string::npos)
+      << under_a_file.status().ToString();
+
+  const std::string dir = MakeTempDir();
+  auto a_directory = OpenSqliteStore(dir);
+  EXPECT_EQ(a_directory.status().code(), StatusCode::kUnavailable)
+      << a_directory.status().ToString();
+  std::filesystem::remove_all(dir);
+}
+
+TEST(SqliteStoreTest, OpenStoreTakesSqliteUrls) {
+  SqliteBackend backend;
+  auto store = OpenStore("sqlite:" + backend.path());
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  EXPECT_EQ((*store)->engine(), "sqlite");
+
+  EXPECT_EQ(OpenStore("sqlite:").status().code(), StatusCode::kInvalidArgument);
+  auto unknown = OpenStore("mysql://user:sup3r-secret@db.example/chat");
+  EXPECT_EQ(unknown.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(unknown.status().message().find("mysql"), std::string::npos);
+  EXPECT_EQ(unknown.status().message().find("sup3r-secret"), std::string::npos)
+      << unknown.status().ToString();
+  EXPECT_EQ(OpenStore("").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(SqliteStoreTest, RoleNames) {
+  EXPECT_EQ(RoleName(Role::kUser), "user");
+  EXPECT_EQ(RoleName(Role::kAssistant), "assistant");
+  EXPECT_EQ(RoleName(Role::kError), "error");
+}
+
+// Two processes (two web instances on one machine) write one file at once: seqs stay
+// consecutive, one idempotency key stores one message, one request gets one reply.
+TEST(SqliteStoreTest, TwoProcessesShareOneFile) {
+  constexpr int kMessagesEach = 40;
+  SqliteBackend backend;
+  {
+    auto store = backend.Open();
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    ASSERT_TRUE((*store)->CreateConversation(Conversation{"c1", "app", 0}).ok());
+    StoredMessage question;
+    question.id = "q";
+    question.conversation_id = "c1";
+    ASSERT_TRUE((*store)->AddUserMessage(question, "").ok());
+  }
+
+  // Each process: its messages, then a message with the shared key and a reply to "q". Its
+  // exit code: 1 = the keyed message created, 2 = the reply stored, 64 = a call failed.
+  const auto write_all = [&](const std::string& name) -> int {
+    auto store = backend.Open();
+    if (!store.ok()) return 64;
+    int outcome = 0;
+    for (int i = 0; i < kMessagesEach; ++i) {
+      StoredMessage message;
+      message.id = name + "-" + std::to_string(i);
+      message.conversation_id = "c1";
+      message.text = "hi";
+      if (!(*store)->AddUserMessage(message, "").ok()) return 64;
+      if (i == kMessagesEach / 2) {
+        StoredMessage keyed = message;
+        keyed.id = name + "-keyed";
+        auto added = (*store)->AddUserMessage(keyed, "shared-key");
+        if (!added.ok()) return 64;
+        if (added->created) outcome |= 1;
+        StoredMessage reply;
+        reply.conversation_id = "c1";
+        reply.request_id = "q";
+        reply.role = Role::kAssistant;
+        reply.text = "from " + name;
+        auto replied = (*store)->AddReply(reply);
+        if (!replied.ok()) return 64;
+        if (*replied) outcome |= 2;
+      }
+    }
+    return outcome;
+  };
+
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) ::_exit(write_all("child"));
+  const int parent_outcome = write_all("parent");
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  const int child_outcome = WEXITSTATUS(status);
+  ASSERT_NE(parent_outcome & 64, 64);
+  ASSERT_NE(child_outcome & 64, 64);
+  EXPECT_EQ((parent_outcome & 1) + (child_outcome & 1), 1) << "one keyed message created";
+  EXPECT_EQ((parent_outcome & 2) + (child_outcome & 2), 2) << "one reply stored";
+
+  auto store = backend.Open();
+  ASSERT_TRUE(store.ok());
+  auto history = (*store)->History("c1", 1000);
+  ASSERT_TRUE(history.ok()) << history.status().ToString();
+  // q, 2 * kMessagesEach, one keyed message, one reply.
+  ASSERT_EQ(history->size(), static_cast<size_t>(2 * kMessagesEach + 3));
+  for (size_t i = 0; i < history->size(); ++i) {
+    EXPECT_EQ((*history)[i].seq, static_cast<int64_t>(i + 1));
+  }
+}
+
+}  // namespace
+}  // namespace tidepool::store::testing

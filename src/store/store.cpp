@@ -1,0 +1,43 @@
+#include "store/store.h"
+
+#include <algorithm>
+#include <cctype>
+
+namespace tidepool::store {
+
+std::string_view RoleName(Role role) {
+  switch (role) {
+    case Role::kUser:
+      return "user";
+    case Role::kAssistant:
+      return "assistant";
+    case Role::kError:
+      return "error";
+  }
+  return "unknown";
+}
+
+Result<std::unique_ptr<Store>> OpenStore(const std::string& url) {
+  constexpr std::string_view kSqlite = "sqlite:";
+  if (url.starts_with(kSqlite)) {
+    const std::string path = url.substr(kSqlite.size());
+    if (path.empty()) return Status::InvalidArgument("store: sqlite: URL without a path");
+    return OpenSqliteStore(path);
+  }
+  if (url.starts_with("postgresql://") || url.starts_with("postgres://")) {
+    PostgresOptions options;
+    options.conninfo = url;
+    return OpenPostgresStore(options);
+  }
+  // The URL itself is not repeated: it may hold a password. Its scheme is enough to act on.
+  std::string scheme = url.substr(0, url.find(':'));
+  const bool plain_scheme = !scheme.empty() && scheme.size() < 32 &&
+                            std::all_of(scheme.begin(), scheme.end(), [](unsigned char c) {
+                              return std::isalnum(c) || c == '+' || c == '-' || c == '.';
+                            });
+  if (!plain_scheme || scheme.size() == url.size()) scheme = "(none)";
+  return Status::InvalidArgument("store: unknown store URL scheme " + scheme +
+                                 ": use sqlite:PATH or postgresql://...");
+}
+
+}  // namespace tidepool::store
