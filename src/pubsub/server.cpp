@@ -25,6 +25,8 @@ using broker::Broker;
 
 constexpr size_t kMaxMessagesPerResponse = 1000;
 constexpr size_t kMaxBytesPerResponse = 10u << 20;
+// A waiting Pull answers this long before the client's deadline, so that the answer arrives.
+constexpr auto kPullDeadlineMargin = std::chrono::milliseconds(100);
 constexpr int kMinStreamAckDeadline = 10;
 constexpr int kMaxStreamAckDeadline = 600;
 
@@ -486,9 +488,11 @@ class StreamingPullReactor final
 // A unary Pull that may wait for messages (return_immediately = false).
 class PullCall : public std::enable_shared_from_this<PullCall> {
  public:
-  PullCall(Impl* impl, grpc::ServerUnaryReactor* reactor, std::shared_ptr<broker::Subscription> sub,
-           size_t max_messages, bool wait, v1::PullResponse* resp)
+  PullCall(Impl* impl, grpc::CallbackServerContext* ctx, grpc::ServerUnaryReactor* reactor,
+           std::shared_ptr<broker::Subscription> sub, size_t max_messages, bool wait,
+           v1::PullResponse* resp)
       : impl_(impl),
+        ctx_(ctx),
         reactor_(reactor),
         sub_(std::move(sub)),
         max_messages_(max_messages),
@@ -509,7 +513,16 @@ class PullCall : public std::enable_shared_from_this<PullCall> {
         });
       }
     });
-    timer_.expires_after(std::chrono::microseconds(impl_->options.pull_wait_micros));
+    // Never past the client's deadline: a call the client gave up on must not take messages
+    // (they would sit leased to nobody until their deadline).
+    auto wait = std::chrono::microseconds(impl_->options.pull_wait_micros);
+    const auto deadline = ctx_->deadline();
+    if (deadline != std::chrono::system_clock::time_point::max()) {
+      const auto left = std::chrono::duration_cast<std::chrono::microseconds>(
+          deadline - std::chrono::system_clock::now() - kPullDeadlineMargin);
+      wait = std::clamp(left, std::chrono::microseconds(0), wait);
+    }
+    timer_.expires_after(wait);
     timer_.async_wait([self = shared_from_this()](const boost::system::error_code& ec) {
       if (!ec) self->Complete(grpc::Status::OK);
     });
@@ -523,6 +536,7 @@ class PullCall : public std::enable_shared_from_this<PullCall> {
   bool TryPull() {
     std::lock_guard lock(mu_);
     if (done_) return false;
+    if (ctx_->IsCancelled()) return true;  // answer (nothing) at once: the client is gone
     auto got = sub_->Pull(max_messages_, kMaxBytesPerResponse, sub_->config().ack_deadline_seconds,
                           nullptr);
     if (!got.ok()) {
@@ -545,6 +559,7 @@ class PullCall : public std::enable_shared_from_this<PullCall> {
   }
 
   Impl* const impl_;
+  grpc::CallbackServerContext* const ctx_;
   grpc::ServerUnaryReactor* const reactor_;
   std::shared_ptr<broker::Subscription> sub_;
   const size_t max_messages_;
@@ -682,9 +697,9 @@ class SubscriberService final : public v1::Subscriber::CallbackService {
       reactor->Finish(ToGrpc(sub.status()));
       return reactor;
     }
-    auto call =
-        std::make_shared<PullCall>(impl_, reactor, *sub, static_cast<size_t>(req->max_messages()),
-                                   !req->return_immediately(), resp);
+    auto call = std::make_shared<PullCall>(impl_, ctx, reactor, *sub,
+                                           static_cast<size_t>(req->max_messages()),
+                                           !req->return_immediately(), resp);
     asio::post(impl_->pool, [call] { call->Start(); });
     return reactor;
   }

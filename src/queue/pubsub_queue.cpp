@@ -54,8 +54,9 @@ constexpr std::chrono::milliseconds kHalfCloseWait{5'000};
 constexpr int kMinStreamAckDeadline = broker::kMinAckDeadlineSeconds;
 constexpr int kMaxStreamAckDeadline = broker::kMaxAckDeadlineSeconds;
 // A Pull is reissued while at least this much of its max_wait is left (the server may answer
-// empty before the client's wait is over).
-constexpr std::chrono::milliseconds kMinPullRetryWait{20};
+// empty before the client's wait is over; a tidepool broker answers 100 ms before the call's
+// deadline, so that less than that is not worth another call).
+constexpr std::chrono::milliseconds kMinPullRetryWait{150};
 constexpr int kMaxPullMessages = static_cast<int>(broker::kMaxMessagesPerPublish);
 constexpr std::chrono::seconds kAdminTimeout{2};
 constexpr int kHttpVersion11 = 11;

@@ -318,6 +318,28 @@ TEST_F(PubsubApiTest, PullWaitsForAPublish) {
   EXPECT_EQ(Data(got), std::vector<std::string>{"late"});
 }
 
+// A waiting Pull whose client gave up (its deadline passed) must not take the next message:
+// nobody would receive it, and it would sit leased until its ack deadline.
+TEST_F(PubsubApiTest, APullTheClientGaveUpOnTakesNothing) {
+  Setup();
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 300ms);
+    v1::PullRequest req;
+    v1::PullResponse resp;
+    req.set_subscription(kSub);
+    req.set_max_messages(10);
+    req.set_return_immediately(false);  // the server may wait up to 2 s here
+    const auto st = subscriber_->Pull(&ctx, req, &resp);
+    EXPECT_TRUE(st.ok() || st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED)
+        << st.error_message();
+    EXPECT_EQ(resp.received_messages_size(), 0);
+  }
+  std::this_thread::sleep_for(100ms);
+  Publish({"after"});
+  EXPECT_EQ(Data(Pull(10, /*immediately=*/true)), std::vector<std::string>{"after"});
+}
+
 TEST_F(PubsubApiTest, StreamingPullWithFlowControlAndInStreamAcks) {
   Setup();
   std::vector<std::string> data;
