@@ -37,6 +37,8 @@ constexpr char kWorkerUsage[] =
     "                             $TIDEPOOL_DATA_DIR/pipeline/APP.ledger.db, else\n"
     "                             ./tidepool-data/pipeline/APP.ledger.db)\n"
     "  --max-in-flight N          requests handled at once (default 1000)\n"
+    "  --ack-deadline SECONDS     the lease of each request and each extension (10-600,\n"
+    "                             default 60); a crashed worker's requests come back after it\n"
     "The broker and subscription come from the pool's environment (docs/workers.md):\n"
     "PUBSUB_EMULATOR_HOST, TIDEPOOL_SUBSCRIPTION (default: the app's).\n";
 
@@ -45,6 +47,7 @@ struct WorkerFlags {
   llm::ProviderOptions provider;
   std::string ledger;
   long long max_in_flight = 1000;
+  int ack_deadline_seconds = worker::kDefaultStreamAckDeadlineSeconds;
 };
 
 std::string EnvOr(const char* name, const std::string& fallback) {
@@ -95,6 +98,16 @@ bool ParseWorkerFlags(const Args& args, WorkerFlags* f) {
                      value.c_str());
         return false;
       }
+    } else if (flag == "--ack-deadline") {
+      const long long n = std::strtoll(value.c_str(), &end, 10);
+      if (value.empty() || *end != '\0' || n < 10 || n > 600) {
+        std::fprintf(stderr,
+                     "tidepool worker: --ack-deadline: '%s' is not a number of seconds from 10 "
+                     "to 600\n",
+                     value.c_str());
+        return false;
+      }
+      f->ack_deadline_seconds = static_cast<int>(n);
     } else {
       std::fprintf(stderr, "tidepool worker: unknown option '%s'\n\n%s", flag.c_str(),
                    kWorkerUsage);
@@ -149,23 +162,22 @@ int RunWorker(const Args& args) {
   worker::RuntimeOptions defaults;
   defaults.subscription = state->app.request_subscription;
   defaults.flow.max_outstanding_messages = flags.max_in_flight;
+  defaults.stream_ack_deadline_seconds = flags.ack_deadline_seconds;
   const std::string ledger_path = flags.ledger;
 
-  auto setup = [state, ledger_path](queue::Queue& queue,
-                                    const worker::WorkerEnv& env) -> Result<worker::Handler> {
+  // The handler ends up the only owner of the state: the runtime destroys it before its
+  // io_context, which the LLM client's sockets and timers belong to.
+  auto holder = std::make_shared<std::shared_ptr<WorkerState>>(std::move(state));
+  auto setup = [holder, ledger_path](queue::Queue& queue,
+                                     const worker::WorkerEnv& env) -> Result<worker::Handler> {
+    std::shared_ptr<WorkerState> state = std::move(*holder);
     const pipeline::AppSpec& app = state->app;
     state->log_prefix = env.options.log_prefix;
     for (const std::string& topic : {app.request_topic, app.dead_letter_topic, app.events_topic}) {
       if (Status s = queue.EnsureTopic(topic); !s.ok()) return s;
     }
-    queue::SubscriptionSpec sub;
+    queue::SubscriptionSpec sub = pipeline::RequestSubscription(app);
     sub.name = env.options.subscription;
-    sub.topic = app.request_topic;
-    sub.ack_deadline_seconds = 60;
-    sub.dead_letter_topic = app.dead_letter_topic;
-    sub.max_delivery_attempts = app.max_delivery_attempts;
-    sub.min_backoff = std::chrono::seconds(1);
-    sub.max_backoff = std::chrono::seconds(60);
     if (Status s = queue.EnsureSubscription(sub); !s.ok()) return s;
     TP_ASSIGN_OR_RETURN(state->ledger, pipeline::SqliteLedger::Open(ledger_path));
     state->events = std::make_unique<pipeline::QueueEventSink>(queue, app.events_topic);
@@ -199,7 +211,11 @@ int RunWorker(const Args& args) {
         auto executor = co_await asio::this_coro::executor;
         std::call_once(state->llm_once, [&] {
           if (NeedsLlm(state->app)) {
-            auto client = llm::LlmClient::Create(executor, state->provider);
+            // On the io_context itself, not the strand of the message that happens to come
+            // first: the client outlives that message and serves every other one.
+            auto& context =
+                static_cast<asio::io_context&>(asio::query(executor, asio::execution::context));
+            auto client = llm::LlmClient::Create(context.get_executor(), state->provider);
             if (!client.ok()) {
               state->llm_error = client.status();
               return;

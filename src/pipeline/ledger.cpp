@@ -20,6 +20,26 @@ Status MemoryLedger::Put(const std::string& request_id, const LedgerEntry& entry
   return Status::Ok();
 }
 
+Result<ClaimResult> MemoryLedger::Claim(const std::string& request_id, const std::string& owner,
+                                        int lease_seconds) {
+  std::lock_guard lock(mu_);
+  if (entries_.contains(request_id)) return ClaimResult::kDone;
+  const auto now = std::chrono::steady_clock::now();
+  auto it = claims_.find(request_id);
+  if (it != claims_.end() && it->second.owner != owner && it->second.until > now) {
+    return ClaimResult::kBusy;
+  }
+  claims_[request_id] = Held{.owner = owner, .until = now + std::chrono::seconds(lease_seconds)};
+  return ClaimResult::kClaimed;
+}
+
+Status MemoryLedger::Release(const std::string& request_id, const std::string& owner) {
+  std::lock_guard lock(mu_);
+  auto it = claims_.find(request_id);
+  if (it != claims_.end() && it->second.owner == owner) claims_.erase(it);
+  return Status::Ok();
+}
+
 namespace {
 
 constexpr int kBusyTimeoutMs = 10'000;
@@ -38,6 +58,10 @@ struct SqliteLedger::Impl {
   sqlite3_stmt* lookup = nullptr;
   sqlite3_stmt* put = nullptr;
   sqlite3_stmt* prune = nullptr;
+  sqlite3_stmt* claim_get = nullptr;
+  sqlite3_stmt* claim_put = nullptr;
+  sqlite3_stmt* claim_drop = nullptr;
+  sqlite3_stmt* claims_prune = nullptr;
   int64_t keep_seconds = 0;
   int puts = 0;
   std::mutex mu;  // one connection; statements are not shared across threads
@@ -50,6 +74,10 @@ struct SqliteLedger::Impl {
     sqlite3_finalize(lookup);
     sqlite3_finalize(put);
     sqlite3_finalize(prune);
+    sqlite3_finalize(claim_get);
+    sqlite3_finalize(claim_put);
+    sqlite3_finalize(claim_drop);
+    sqlite3_finalize(claims_prune);
     if (db != nullptr) sqlite3_close(db);
   }
 };
@@ -79,7 +107,11 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::Open(const std::string& path
       "  state INTEGER NOT NULL,"
       "  event TEXT NOT NULL,"
       "  updated INTEGER NOT NULL);"
-      "CREATE INDEX IF NOT EXISTS requests_updated ON requests(updated);";
+      "CREATE INDEX IF NOT EXISTS requests_updated ON requests(updated);"
+      "CREATE TABLE IF NOT EXISTS claims ("
+      "  request_id TEXT PRIMARY KEY,"
+      "  owner TEXT NOT NULL,"
+      "  until INTEGER NOT NULL);";
   char* message = nullptr;
   if (sqlite3_exec(impl->db, setup, nullptr, nullptr, &message) != SQLITE_OK) {
     std::string text = message ? message : "unknown error";
@@ -93,7 +125,13 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::Open(const std::string& path
       !prepare("INSERT INTO requests(request_id, state, event, updated) VALUES (?1, ?2, ?3, ?4) "
                "ON CONFLICT(request_id) DO UPDATE SET state = ?2, event = ?3, updated = ?4",
                &impl->put) ||
-      !prepare("DELETE FROM requests WHERE updated < ?1", &impl->prune)) {
+      !prepare("DELETE FROM requests WHERE updated < ?1", &impl->prune) ||
+      !prepare("SELECT owner, until FROM claims WHERE request_id = ?1", &impl->claim_get) ||
+      !prepare("INSERT INTO claims(request_id, owner, until) VALUES (?1, ?2, ?3) "
+               "ON CONFLICT(request_id) DO UPDATE SET owner = ?2, until = ?3",
+               &impl->claim_put) ||
+      !prepare("DELETE FROM claims WHERE request_id = ?1 AND owner = ?2", &impl->claim_drop) ||
+      !prepare("DELETE FROM claims WHERE until < ?1", &impl->claims_prune)) {
     return impl->Error("prepare");
   }
   return std::unique_ptr<SqliteLedger>(new SqliteLedger(std::move(impl)));
@@ -139,8 +177,74 @@ Status SqliteLedger::Put(const std::string& request_id, const LedgerEntry& entry
     sqlite3_bind_int64(s.prune, 1, now - s.keep_seconds);
     sqlite3_step(s.prune);
     sqlite3_reset(s.prune);
+    sqlite3_reset(s.claims_prune);
+    sqlite3_bind_int64(s.claims_prune, 1, now - 3600);
+    sqlite3_step(s.claims_prune);
+    sqlite3_reset(s.claims_prune);
   }
   return Status::Ok();
+}
+
+Result<ClaimResult> SqliteLedger::Claim(const std::string& request_id, const std::string& owner,
+                                        int lease_seconds) {
+  Impl& s = *impl_;
+  std::lock_guard lock(s.mu);
+  // One transaction holding the database's write lock: the check and the claim are atomic
+  // across every process sharing the file.
+  if (sqlite3_exec(s.db, "BEGIN IMMEDIATE", nullptr, nullptr, nullptr) != SQLITE_OK) {
+    return s.Error("claim");
+  }
+  auto finish = [&s](Result<ClaimResult> result) -> Result<ClaimResult> {
+    const char* end = result.ok() ? "COMMIT" : "ROLLBACK";
+    if (sqlite3_exec(s.db, end, nullptr, nullptr, nullptr) != SQLITE_OK && result.ok()) {
+      sqlite3_exec(s.db, "ROLLBACK", nullptr, nullptr, nullptr);
+      return s.Error("claim commit");
+    }
+    return result;
+  };
+  auto bind_id = [&request_id](sqlite3_stmt* st) {
+    sqlite3_reset(st);
+    sqlite3_bind_text(st, 1, request_id.data(), static_cast<int>(request_id.size()),
+                      SQLITE_TRANSIENT);
+  };
+  bind_id(s.lookup);
+  int rc = sqlite3_step(s.lookup);
+  sqlite3_reset(s.lookup);
+  if (rc == SQLITE_ROW) return finish(ClaimResult::kDone);
+  if (rc != SQLITE_DONE) return finish(s.Error("claim lookup"));
+  const int64_t now = NowSeconds();
+  bind_id(s.claim_get);
+  rc = sqlite3_step(s.claim_get);
+  if (rc == SQLITE_ROW) {
+    const auto* held = reinterpret_cast<const char*>(sqlite3_column_text(s.claim_get, 0));
+    const int64_t until = sqlite3_column_int64(s.claim_get, 1);
+    const bool other = held == nullptr || owner != held;
+    sqlite3_reset(s.claim_get);
+    if (other && until > now) return finish(ClaimResult::kBusy);
+  } else {
+    sqlite3_reset(s.claim_get);
+    if (rc != SQLITE_DONE) return finish(s.Error("claim read"));
+  }
+  bind_id(s.claim_put);
+  sqlite3_bind_text(s.claim_put, 2, owner.data(), static_cast<int>(owner.size()), SQLITE_TRANSIENT);
+  sqlite3_bind_int64(s.claim_put, 3, now + lease_seconds);
+  rc = sqlite3_step(s.claim_put);
+  sqlite3_reset(s.claim_put);
+  if (rc != SQLITE_DONE) return finish(s.Error("claim write"));
+  return finish(ClaimResult::kClaimed);
+}
+
+Status SqliteLedger::Release(const std::string& request_id, const std::string& owner) {
+  Impl& s = *impl_;
+  std::lock_guard lock(s.mu);
+  sqlite3_reset(s.claim_drop);
+  sqlite3_bind_text(s.claim_drop, 1, request_id.data(), static_cast<int>(request_id.size()),
+                    SQLITE_TRANSIENT);
+  sqlite3_bind_text(s.claim_drop, 2, owner.data(), static_cast<int>(owner.size()),
+                    SQLITE_TRANSIENT);
+  const int rc = sqlite3_step(s.claim_drop);
+  sqlite3_reset(s.claim_drop);
+  return rc == SQLITE_DONE ? Status::Ok() : s.Error("release");
 }
 
 }  // namespace tidepool::pipeline

@@ -6,10 +6,15 @@
 //   published → ack, publish nothing;
 //   pending   → publish the stored event again (same event id and text: consumers that store
 //               replies by request id keep one), mark it published, ack;
-//   nothing   → run the pipeline.
+//   nothing   → claim the request, run the pipeline.
+// The claim keeps two deliveries of one request (a duplicate publish, a redelivery while the
+// first run is still going) from running at once: the second finds it busy and is retried
+// later, when it finds the reply. A claim is a lease the running worker renews; one whose
+// worker died runs out and the request runs again.
 // SqliteLedger is one file shared by every worker process on a machine (WAL, busy timeout).
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -26,11 +31,23 @@ struct LedgerEntry {
   std::string event;  // the serialized final or error event
 };
 
+enum class ClaimResult {
+  kClaimed,  // this owner may run the request (until the lease runs out; renew by claiming again)
+  kBusy,     // another owner holds an unexpired claim
+  kDone,     // the request has an entry: look it up
+};
+
 class Ledger {
  public:
   virtual ~Ledger() = default;
   virtual Result<std::optional<LedgerEntry>> Lookup(const std::string& request_id) = 0;
   virtual Status Put(const std::string& request_id, const LedgerEntry& entry) = 0;
+  // Atomically: kDone if the request has an entry, kBusy if another owner's claim is
+  // unexpired, else claims (or renews) it for `lease_seconds`.
+  virtual Result<ClaimResult> Claim(const std::string& request_id, const std::string& owner,
+                                    int lease_seconds) = 0;
+  // Gives up a claim of this owner (the run failed and will be retried).
+  virtual Status Release(const std::string& request_id, const std::string& owner) = 0;
 };
 
 // In memory, for tests and for a single process that need not survive restarts.
@@ -38,10 +55,18 @@ class MemoryLedger final : public Ledger {
  public:
   Result<std::optional<LedgerEntry>> Lookup(const std::string& request_id) override;
   Status Put(const std::string& request_id, const LedgerEntry& entry) override;
+  Result<ClaimResult> Claim(const std::string& request_id, const std::string& owner,
+                            int lease_seconds) override;
+  Status Release(const std::string& request_id, const std::string& owner) override;
 
  private:
+  struct Held {
+    std::string owner;
+    std::chrono::steady_clock::time_point until;
+  };
   std::mutex mu_;
   std::unordered_map<std::string, LedgerEntry> entries_;
+  std::unordered_map<std::string, Held> claims_;
 };
 
 class SqliteLedger final : public Ledger {
@@ -53,6 +78,9 @@ class SqliteLedger final : public Ledger {
   ~SqliteLedger() override;
   Result<std::optional<LedgerEntry>> Lookup(const std::string& request_id) override;
   Status Put(const std::string& request_id, const LedgerEntry& entry) override;
+  Result<ClaimResult> Claim(const std::string& request_id, const std::string& owner,
+                            int lease_seconds) override;
+  Status Release(const std::string& request_id, const std::string& owner) override;
 
   struct Impl;
 

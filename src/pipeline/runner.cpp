@@ -1,11 +1,13 @@
 #include "pipeline/runner.h"
 
+#include <atomic>
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -15,7 +17,9 @@
 #include <chrono>
 #include <cstdio>
 #include <mutex>
+#include <random>
 
+#include "common/await_callback.h"
 #include "pipeline/http_tool.h"
 #include "worker/runtime.h"
 
@@ -52,17 +56,22 @@ void Logf(const std::string& prefix, const char* format, const std::string& a,
 
 // Awaits an EventSink::Send.
 asio::awaitable<Status> SendAwait(EventSink& sink, const Event& event) {
-  auto executor = co_await asio::this_coro::executor;
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(Status)>(
-      [&sink, &event, executor](auto handler) mutable {
-        auto shared = std::make_shared<decltype(handler)>(std::move(handler));
-        sink.Send(event, [shared, executor](Status status) mutable {
-          asio::post(executor, [shared, status = std::move(status)]() mutable {
-            (*shared)(std::move(status));
-          });
-        });
-      },
-      asio::use_awaitable);
+  auto send = [&sink, &event](std::function<void(Status)> done) { sink.Send(event, done); };
+  Status sent = co_await AwaitCallback<Status>(std::move(send),
+                                               Status::Unavailable("cancelled while publishing"));
+  co_return sent;
+}
+
+std::string NewRunId() {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  static constexpr char kHex[] = "0123456789abcdef";
+  uint64_t bits = rng();
+  std::string id(8, '0');
+  for (char& c : id) {
+    c = kHex[bits & 0xF];
+    bits >>= 4;
+  }
+  return id;
 }
 
 }  // namespace
@@ -128,6 +137,18 @@ Result<Request> ParseRequest(const queue::Delivery& delivery) {
   return r;
 }
 
+queue::SubscriptionSpec RequestSubscription(const AppSpec& app) {
+  queue::SubscriptionSpec sub;
+  sub.name = app.request_subscription;
+  sub.topic = app.request_topic;
+  sub.ack_deadline_seconds = 60;
+  sub.dead_letter_topic = app.dead_letter_topic;
+  sub.max_delivery_attempts = app.max_delivery_attempts;
+  sub.min_backoff = std::chrono::seconds(1);
+  sub.max_backoff = std::chrono::seconds(60);
+  return sub;
+}
+
 // ---- QueueEventSink
 
 QueueEventSink::QueueEventSink(queue::Queue& queue, const std::string& topic)
@@ -158,7 +179,12 @@ struct StepRuntime {
 };
 
 struct Pipeline::Impl {
+  // A run's claim on its request lasts this long unless renewed (every third of it): a worker
+  // that died holds a request up for at most this long.
+  static constexpr int kClaimLeaseSeconds = 30;
+
   AppSpec app;
+  std::string owner = "p-" + NewRunId() + NewRunId();  // prefixes this pipeline's claims
   PipelineDeps deps;
   std::vector<StepRuntime> steps;
   PipelineStats stats;
@@ -166,6 +192,7 @@ struct Pipeline::Impl {
   // One request's run: its events' sequence and where they go.
   struct Run {
     const Request* request = nullptr;
+    std::string run_id;  // distinguishes the runs of a redelivered request
     int64_t seq = 0;
     json::object context;
     json::object cards;
@@ -177,7 +204,8 @@ struct Pipeline::Impl {
     e.conversation_id = run.request->conversation_id;
     e.request_id = run.request->request_id;
     e.seq = ++run.seq;
-    body["id"] = run.request->request_id + "/" + std::to_string(e.seq);
+    body["id"] = run.request->request_id + "/" + run.run_id + "/" + std::to_string(e.seq);
+    body["run"] = run.run_id;
     body["type"] = type;
     body["app"] = app.name;
     body["conversation_id"] = e.conversation_id;
@@ -397,18 +425,58 @@ struct Pipeline::Impl {
       co_return worker::Permanent(parsed.status());
     }
     const Request& request = *parsed;
-    auto known = deps.ledger->Lookup(request.request_id);
-    if (!known.ok()) co_return known.status();  // retried: the ledger may come back
-    if (known->has_value()) {
+    // Each delivery claims for itself: two deliveries in this process exclude each other too.
+    const std::string claimant = owner + "/" + NewRunId();
+    auto claim = deps.ledger->Claim(request.request_id, claimant, kClaimLeaseSeconds);
+    if (!claim.ok()) co_return claim.status();  // retried: the ledger may come back
+    if (*claim == ClaimResult::kDone) {
+      auto known = deps.ledger->Lookup(request.request_id);
+      if (!known.ok()) co_return known.status();
+      if (!known->has_value()) co_return Status::Unavailable("ledger entry vanished");
       if ((*known)->state == LedgerEntry::State::kPublished) {
         ++stats.duplicates;
         co_return Status::Ok();
       }
-      co_return co_await Replay(request, **known);
+      Status replayed = co_await Replay(request, **known);
+      co_return replayed;
     }
+    if (*claim == ClaimResult::kBusy) {
+      ++stats.busy;
+      co_return Status::Unavailable("request " + request.request_id +
+                                    " is being answered by another run; retried later");
+    }
+    // Claimed: renewed while the run lasts, released if it fails and will be retried.
+    auto keep = std::make_shared<std::atomic<bool>>(true);
+    struct StopRenewing {
+      std::shared_ptr<std::atomic<bool>> keep;
+      ~StopRenewing() { keep->store(false); }
+    } stop_renewing{keep};
+    auto executor = co_await asio::this_coro::executor;
+    asio::co_spawn(executor, RenewClaim(request.request_id, claimant, keep), asio::detached);
+    Status result = co_await RunRequest(request);
+    keep->store(false);
+    if (!result.ok() && !worker::IsPermanent(result)) {
+      (void)deps.ledger->Release(request.request_id, claimant);
+    }
+    co_return result;
+  }
 
+  // Renews the claim on a request while its run lasts.
+  asio::awaitable<void> RenewClaim(std::string request_id, std::string claimant,
+                                   std::shared_ptr<std::atomic<bool>> keep) {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (keep->load()) {
+      timer.expires_after(std::chrono::seconds(kClaimLeaseSeconds / 3));
+      (void)co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+      if (!keep->load()) break;
+      (void)deps.ledger->Claim(request_id, claimant, kClaimLeaseSeconds);
+    }
+  }
+
+  asio::awaitable<Status> RunRequest(const Request& request) {
     Run run;
     run.request = &request;
+    run.run_id = NewRunId();
     run.context["app"] = app.name;
     run.context["conversation_id"] = request.conversation_id;
     run.context["request_id"] = request.request_id;

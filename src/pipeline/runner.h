@@ -7,10 +7,11 @@
 // (message_id optional: the Pub/Sub message id is the request id then).
 //
 // Events go to the app's events topic with the conversation id as ordering key; each is JSON
-//   {"id": "REQUEST/SEQ", "type": T, "app", "conversation_id", "request_id", "seq", ...}
+//   {"id": "REQUEST/RUN/SEQ", "type": T, "app", "conversation_id", "request_id", "run", "seq", ...}
 // with T one of started, step_started, token (text; batched ~50 ms), step_finished (ms),
-// tool_result (name, data), final (text, cards), error (message, step). seq counts from 1 within a
-// request, so a consumer can order and de-duplicate what it receives.
+// tool_result (name, data), final (text, cards), error (message, step). RUN is new for every run
+// of a request (a redelivery runs it again) and seq counts from 1 within a run, so a consumer
+// can order and de-duplicate what it receives.
 #pragma once
 
 #include <atomic>
@@ -41,6 +42,10 @@ struct Request {
 
 // INVALID_ARGUMENT naming the field for a request that can never be served.
 Result<Request> ParseRequest(const queue::Delivery& delivery);
+
+// The app's request subscription as workers (and the web tier, so that nothing published
+// before the first worker starts is lost) create it: dead-letter policy, retry backoff.
+queue::SubscriptionSpec RequestSubscription(const AppSpec& app);
 
 struct Event {
   std::string type;
@@ -73,6 +78,7 @@ struct PipelineStats {
   std::atomic<uint64_t> finals{0};
   std::atomic<uint64_t> replays{0};     // a pending final published again after a redelivery
   std::atomic<uint64_t> duplicates{0};  // redeliveries of requests already answered
+  std::atomic<uint64_t> busy{0};        // deliveries of a request another run is answering
   std::atomic<uint64_t> errors{0};      // requests ended with an error event
   std::atomic<uint64_t> step_retries{0};
   std::atomic<uint64_t> events{0};

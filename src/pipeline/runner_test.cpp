@@ -159,7 +159,8 @@ TEST_F(PipelineTest, AFullTurnScoresStreamsAndEndsWithOneFinal) {
     const json::object b = Body(events[i]);
     EXPECT_EQ(b.at("request_id").as_string(), "m-1");
     EXPECT_EQ(b.at("conversation_id").as_string(), "c-1");
-    EXPECT_EQ(b.at("id").as_string(), "m-1/" + std::to_string(i + 1));
+    EXPECT_EQ(b.at("id").as_string(),
+              "m-1/" + std::string(b.at("run").as_string()) + "/" + std::to_string(i + 1));
     EXPECT_EQ(b.at("app").as_string(), "scent-advisor");
   }
   // The scoring tool's output is a card with three scored fragrances and their reasons.
@@ -219,6 +220,26 @@ TEST_F(PipelineTest, ARedeliveredRequestYieldsNoSecondFinal) {
   EXPECT_EQ(sink_.events().size(), first) << "the redelivery published something";
   EXPECT_EQ(pipeline_->stats().duplicates.load(), 1u);
   EXPECT_EQ(pipeline_->stats().finals.load(), 1u);
+}
+
+TEST_F(PipelineTest, TwoDeliveriesOfOneRequestAtOnceRunItOnce) {
+  Make(App("scent-advisor"));
+  const queue::Delivery d = Request("c-10", "Fresh citrus for summer days", "m-10");
+  queue::Delivery duplicate = d;
+  duplicate.message_id = "pubsub-other";  // published twice, delivered side by side
+  auto first = asio::co_spawn(io_, pipeline_->Handle(d), asio::use_future);
+  auto second = asio::co_spawn(io_, pipeline_->Handle(duplicate), asio::use_future);
+  const Status a = first.get();
+  const Status b = second.get();
+  EXPECT_TRUE(a.ok()) << a.ToString();
+  EXPECT_EQ(b.code(), StatusCode::kUnavailable) << "the second waits for a retry: " << b.ToString();
+  EXPECT_FALSE(worker::IsPermanent(b));
+  EXPECT_EQ(pipeline_->stats().busy.load(), 1u);
+  // Its retry finds the reply.
+  EXPECT_TRUE(Handle(duplicate).ok());
+  const auto types = Types(sink_.events());
+  EXPECT_EQ(std::count(types.begin(), types.end(), "final"), 1);
+  EXPECT_EQ(std::count(types.begin(), types.end(), "started"), 1);
 }
 
 TEST_F(PipelineTest, AFinalWhosePublishFailedIsPublishedAgainUnchanged) {
@@ -400,6 +421,24 @@ TEST(AppSpecTest, AnUnknownToolStopsTheAppAtStartUp) {
   ASSERT_FALSE(made.ok());
   EXPECT_NE(made.status().message().find("no tool named \"telepathy\""), std::string::npos)
       << made.status().message();
+}
+
+TEST(LedgerTest, ClaimsKeepTwoRunsApartAndExpire) {
+  const std::string path = ::testing::TempDir() + "/claims-" + std::to_string(::getpid()) + ".db";
+  std::remove(path.c_str());
+  auto a = SqliteLedger::Open(path);
+  auto b = SqliteLedger::Open(path);  // another process's handle on the same file
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*(*a)->Claim("r-1", "A", 1), ClaimResult::kClaimed);
+  EXPECT_EQ(*(*b)->Claim("r-1", "B", 1), ClaimResult::kBusy);
+  EXPECT_EQ(*(*a)->Claim("r-1", "A", 1), ClaimResult::kClaimed) << "the owner renews";
+  ASSERT_TRUE((*a)->Release("r-1", "A").ok());
+  EXPECT_EQ(*(*b)->Claim("r-1", "B", 1), ClaimResult::kClaimed) << "released";
+  std::this_thread::sleep_for(2100ms);  // B's 1 s lease runs out (whole seconds)
+  EXPECT_EQ(*(*a)->Claim("r-1", "A", 30), ClaimResult::kClaimed) << "expired";
+  ASSERT_TRUE((*a)->Put("r-1", {.state = LedgerEntry::State::kPublished, .event = "{}"}).ok());
+  EXPECT_EQ(*(*b)->Claim("r-1", "B", 30), ClaimResult::kDone);
+  std::remove(path.c_str());
 }
 
 TEST(LedgerTest, SqliteKeepsEntriesAcrossReopens) {
