@@ -11,6 +11,7 @@
 #include <mutex>
 #include <random>
 #include <sstream>
+#include <type_traits>
 
 #include <openssl/ssl.h>
 #include <boost/asio/as_tuple.hpp>
@@ -27,6 +28,7 @@
 
 #include "llm/rate_limiter.h"
 #include "llm/sse_parser.h"
+#include "llm/stream_chunk.h"
 
 namespace tidepool::llm {
 
@@ -366,11 +368,12 @@ struct LlmClient::Impl {
 
   asio::awaitable<Result<ChatResult>> Call(ChatRequest request, bool stream,
                                            DeltaCallback on_delta);
-  asio::awaitable<Attempt> RunAttempt(const http::request<http::string_body>& req, bool stream,
+  // `request` is the whole HTTP request as sent (header and body).
+  asio::awaitable<Attempt> RunAttempt(const std::string& request, bool stream,
                                       const DeltaCallback& on_delta, Clock::time_point call_start);
   template <typename AsyncStream>
   asio::awaitable<Attempt> Exchange(AsyncStream& stream, Connection& conn,
-                                    const http::request<http::string_body>& req, bool stream_mode,
+                                    const std::string& request, bool stream_mode,
                                     const DeltaCallback& on_delta, Clock::time_point call_start,
                                     Clock::time_point attempt_deadline, bool reused);
   // `*permanent` is set when retrying cannot help (the server's certificate is not trusted).
@@ -484,6 +487,8 @@ asio::awaitable<Result<std::unique_ptr<Connection>>> LlmClient::Impl::Connect(
                                   ec.message());
   }
   conn->lowest().socket().set_option(tcp::no_delay(true), ec);
+  // Exchange's synchronous write_some must return would_block rather than wait.
+  conn->lowest().socket().non_blocking(true, ec);
   if (conn->secure) {
     SSL* handle = conn->secure->native_handle();
     // SNI is for names only (RFC 6066); an IP literal is verified against the IP SANs.
@@ -513,8 +518,8 @@ asio::awaitable<Result<std::unique_ptr<Connection>>> LlmClient::Impl::Connect(
   co_return conn;
 }
 
-asio::awaitable<Attempt> LlmClient::Impl::RunAttempt(const http::request<http::string_body>& req,
-                                                     bool stream, const DeltaCallback& on_delta,
+asio::awaitable<Attempt> LlmClient::Impl::RunAttempt(const std::string& request, bool stream,
+                                                     const DeltaCallback& on_delta,
                                                      Clock::time_point call_start) {
   const auto deadline = Clock::now() + options.total_timeout;
   // At most one extra try, on a fresh connection, when a pooled one turns out to be closed.
@@ -535,11 +540,11 @@ asio::awaitable<Attempt> LlmClient::Impl::RunAttempt(const http::request<http::s
     // Not `?:` with a co_await in each arm: GCC 12 miscompiles that.
     Attempt attempt;
     if (conn->secure) {
-      attempt = co_await Exchange(*conn->secure, *conn, req, stream, on_delta, call_start, deadline,
-                                  reused);
+      attempt = co_await Exchange(*conn->secure, *conn, request, stream, on_delta, call_start,
+                                  deadline, reused);
     } else {
-      attempt = co_await Exchange(*conn->plain, *conn, req, stream, on_delta, call_start, deadline,
-                                  reused);
+      attempt = co_await Exchange(*conn->plain, *conn, request, stream, on_delta, call_start,
+                                  deadline, reused);
     }
     if (attempt.stale_conn && pass == 0) continue;
     if (attempt.reusable) ReturnIdle(std::move(conn));
@@ -551,17 +556,43 @@ namespace {
 
 using ResponseParser = http::response_parser<http::buffer_body>;
 
-// Reads whatever body bytes are ready (at most `size`) into `data`.
+// Puts into `data` (at most `size` bytes) all the body the connection has: what is already
+// buffered, else what one read of the socket brings; the byte count, 0 when the body is done.
+// The parser is driven here rather than by http::async_read_some, which stops after each
+// chunk-size line and each piece of a chunk (a trip through the scheduler for every few dozen
+// bytes of a stream whose server sends a chunk per token) or, made eager, keeps reading until
+// the next chunk's size line has arrived, holding back the events it already parsed.
 template <typename AsyncStream>
 asio::awaitable<std::pair<boost::system::error_code, size_t>> ReadBodySome(
     AsyncStream& stream, beast::flat_buffer& buffer, ResponseParser& parser, char* data,
     size_t size) {
-  parser.get().body().data = data;
-  parser.get().body().size = size;
-  auto [ec, ignored] = co_await http::async_read_some(stream, buffer, parser, kToken);
-  // need_buffer only says our chunk is full: more body follows.
-  if (ec == http::error::need_buffer) ec = {};
-  co_return std::pair{ec, size - parser.get().body().size};
+  auto& body = parser.get().body();
+  body.data = data;
+  body.size = size;
+  for (;;) {
+    while (buffer.size() > 0 && body.size > 0 && !parser.is_done()) {
+      boost::system::error_code ec;
+      const size_t used = parser.put(buffer.data(), ec);
+      buffer.consume(used);
+      // need_more: the rest of a chunk-size line is still on its way; need_buffer: `data` is full.
+      if (ec == http::error::need_more || ec == http::error::need_buffer) break;
+      if (ec) co_return std::pair{ec, size - body.size};
+      if (used == 0) break;
+    }
+    const size_t delivered = size - body.size;
+    if (delivered > 0 || parser.is_done()) {
+      co_return std::pair{boost::system::error_code{}, delivered};
+    }
+    auto [ec, n] = co_await stream.async_read_some(buffer.prepare(kReadChunk), kToken);
+    buffer.commit(n);
+    if (ec == asio::error::eof) {
+      // Complete if the body runs to the end of the connection, else partial_message.
+      boost::system::error_code eof_ec;
+      parser.put_eof(eof_ec);
+      co_return std::pair{eof_ec, size_t{0}};
+    }
+    if (ec) co_return std::pair{ec, size_t{0}};
+  }
 }
 
 // Reads the rest of the body into `*out`; an error, or body_limit for an oversized body.
@@ -611,6 +642,7 @@ struct StreamState {
   bool got_first = false;  // content or a finish reason arrived: the first-token clock stops
   bool done = false;       // [DONE] seen
   bool delivered = false;  // on_delta was called
+  StreamChunk chunk;       // the event being applied, reused for its buffers
 };
 
 // Applies one SSE event of a streamed reply.
@@ -621,37 +653,23 @@ Status ApplyEvent(const SseEvent& event, const DeltaCallback& on_delta,
     state->got_first = true;
     return Status::Ok();
   }
-  boost::system::error_code ec;
-  const json::value parsed = json::parse(event.data, ec);
-  if (ec || !parsed.is_object()) {
+  StreamChunk& chunk = state->chunk;
+  if (!ParseStreamChunk(event.data, &chunk) || !chunk.is_object) {
     return Status::Internal("stream event is not a JSON object: " + ServerErrorMessage(event.data));
   }
-  const auto& object = parsed.as_object();
-  if (const auto* error = object.if_contains("error"); error != nullptr && !error->is_null()) {
+  if (chunk.has_error) {
     return Status::Unavailable("server reported an error mid-stream: " +
                                ServerErrorMessage(event.data));
   }
-  if (result->model.empty()) result->model = StringOr(object, "model");
-  if (const auto* usage = object.if_contains("usage"); usage != nullptr && usage->is_object()) {
-    ReadUsage(*usage, &result->usage);
-  }
-  const json::value* choices = object.if_contains("choices");
-  if (choices == nullptr || !choices->is_array() || choices->as_array().empty()) {
-    return Status::Ok();  // e.g. the final usage-only chunk
-  }
-  const json::value& choice = choices->as_array().front();
-  if (!choice.is_object()) return Status::Ok();
-  if (const std::string finish = StringOr(choice.as_object(), "finish_reason"); !finish.empty()) {
-    result->finish_reason = finish;
+  if (result->model.empty()) result->model = chunk.model;
+  if (chunk.usage) result->usage = *chunk.usage;
+  if (!chunk.has_choice) return Status::Ok();  // e.g. the final usage-only chunk
+  if (!chunk.finish_reason.empty()) {
+    result->finish_reason = chunk.finish_reason;
     state->got_first = true;
   }
-  const json::value* delta = choice.as_object().if_contains("delta");
-  if (delta == nullptr || !delta->is_object()) return Status::Ok();
-  const json::value* content = delta->as_object().if_contains("content");
-  if (content == nullptr || !content->is_string() || content->as_string().empty()) {
-    return Status::Ok();
-  }
-  const std::string_view piece(content->as_string().data(), content->as_string().size());
+  if (chunk.content.empty()) return Status::Ok();
+  const std::string_view piece = chunk.content;
   if (!state->delivered) {
     result->time_to_first_token =
         std::chrono::duration_cast<milliseconds>(Clock::now() - call_start);
@@ -667,35 +685,59 @@ Status ApplyEvent(const SseEvent& event, const DeltaCallback& on_delta,
 
 template <typename AsyncStream>
 asio::awaitable<Attempt> LlmClient::Impl::Exchange(AsyncStream& stream, Connection& conn,
-                                                   const http::request<http::string_body>& req,
-                                                   bool stream_mode, const DeltaCallback& on_delta,
+                                                   const std::string& request, bool stream_mode,
+                                                   const DeltaCallback& on_delta,
                                                    Clock::time_point call_start,
                                                    Clock::time_point attempt_deadline,
                                                    bool reused) {
   auto& lowest = conn.lowest();
   const std::string& host = endpoint.host_header;
   // The per-read expiry is the nearer of the attempt's deadline and the phase's own; the
-  // message names whichever one it was.
-  std::string expiry_message;
+  // message names whichever one it was. It is built only when a timeout happens: a stream
+  // re-arms on every read.
+  const char* expiry_phase = nullptr;  // nullptr: the attempt's total timeout
+  milliseconds expiry_limit{0};
   auto arm = [&](Clock::time_point phase_deadline, const char* phase, milliseconds limit) {
     if (attempt_deadline <= phase_deadline) {
       lowest.expires_at(attempt_deadline);
-      expiry_message = "total timeout of " + std::to_string(options.total_timeout.count()) +
-                       " ms exceeded waiting for " + host;
+      expiry_phase = nullptr;
     } else {
       lowest.expires_at(phase_deadline);
-      expiry_message = std::string(phase) + " timeout of " + std::to_string(limit.count()) +
-                       " ms exceeded waiting for " + host;
+      expiry_phase = phase;
+      expiry_limit = limit;
     }
+  };
+  auto expiry_message = [&] {
+    if (expiry_phase == nullptr) {
+      return "total timeout of " + std::to_string(options.total_timeout.count()) +
+             " ms exceeded waiting for " + host;
+    }
+    return std::string(expiry_phase) + " timeout of " + std::to_string(expiry_limit.count()) +
+           " ms exceeded waiting for " + host;
   };
   const auto first_token_deadline =
       stream_mode ? Clock::now() + options.first_token_timeout : Clock::time_point::max();
   arm(first_token_deadline, "first-token", options.first_token_timeout);
 
-  auto [write_ec, written] = co_await http::async_write(stream, req, kToken);
+  // On plain TCP the request is written at once when the socket takes it all, as it does a
+  // few kilobytes on an idle connection: an async_write alone reports through the scheduler,
+  // and with thousands of streams on one thread that is a whole turn of its queue before the
+  // reply is even awaited. The socket is non-blocking (Connect). The rest, if any, and every
+  // TLS request go the asynchronous way.
+  size_t sent = 0;
+  boost::system::error_code write_ec;
+  if constexpr (std::is_same_v<AsyncStream, beast::tcp_stream>) {
+    sent = stream.socket().write_some(asio::buffer(request), write_ec);
+    if (write_ec == asio::error::would_block) write_ec = {};
+  }
+  if (!write_ec && sent < request.size()) {
+    auto [async_ec, written] = co_await asio::async_write(
+        stream, asio::buffer(request.data() + sent, request.size() - sent), kToken);
+    write_ec = async_ec;
+  }
   if (write_ec) {
     if (write_ec == beast::error::timeout) {
-      co_return Failed(Status::DeadlineExceeded(expiry_message), false);
+      co_return Failed(Status::DeadlineExceeded(expiry_message()), false);
     }
     Attempt attempt =
         Failed(Status::Unavailable("sending to " + host + " failed: " + write_ec.message()), true);
@@ -709,7 +751,7 @@ asio::awaitable<Attempt> LlmClient::Impl::Exchange(AsyncStream& stream, Connecti
       co_await http::async_read_header(stream, conn.buffer, parser, kToken);
   if (header_ec) {
     if (header_ec == beast::error::timeout) {
-      co_return Failed(Status::DeadlineExceeded(expiry_message), false);
+      co_return Failed(Status::DeadlineExceeded(expiry_message()), false);
     }
     Attempt attempt = Failed(Status::Unavailable("connection to " + host +
                                                  " lost before a reply: " + header_ec.message()),
@@ -746,7 +788,7 @@ asio::awaitable<Attempt> LlmClient::Impl::Exchange(AsyncStream& stream, Connecti
     arm(Clock::time_point::max(), "", milliseconds(0));
     const auto body_ec = co_await ReadBodyToString(stream, conn.buffer, parser, &body);
     if (body_ec == beast::error::timeout) {
-      co_return Failed(Status::DeadlineExceeded(expiry_message), false);
+      co_return Failed(Status::DeadlineExceeded(expiry_message()), false);
     }
     if (body_ec) {
       co_return Failed(Status::Unavailable("reply from " + host + " broken: " + body_ec.message()),
@@ -791,7 +833,7 @@ asio::awaitable<Attempt> LlmClient::Impl::Exchange(AsyncStream& stream, Connecti
       events.clear();
     }
     if (ec == beast::error::timeout) {
-      co_return fail(Status::DeadlineExceeded(expiry_message), false);
+      co_return fail(Status::DeadlineExceeded(expiry_message()), false);
     }
     if (ec) {
       co_return fail(Status::Unavailable("stream from " + host + " broken" +
@@ -828,6 +870,9 @@ asio::awaitable<Result<ChatResult>> LlmClient::Impl::Call(ChatRequest request, b
   req.keep_alive(true);
   req.body() = LlmClient::BuildRequestBody(request, stream);
   req.prepare_payload();
+  std::ostringstream wire_text;
+  wire_text << req;
+  const std::string wire = std::move(wire_text).str();
 
   const auto model = Model(request.model);
   const bool admitted = co_await model->concurrency.Acquire();
@@ -872,7 +917,7 @@ asio::awaitable<Result<ChatResult>> LlmClient::Impl::Call(ChatRequest request, b
     }
     ++attempts;
     counters.attempts.fetch_add(1, std::memory_order_relaxed);
-    last = co_await RunAttempt(req, stream, on_delta, call_start);
+    last = co_await RunAttempt(wire, stream, on_delta, call_start);
     last.result.attempts = attempts;
     if (last.status.ok()) {
       ChatResult& result = last.result;

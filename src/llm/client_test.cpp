@@ -165,6 +165,27 @@ TEST_F(LlmClientTest, TimeToFirstTokenReflectsServerDelay) {
   EXPECT_GE(result->total_time, result->time_to_first_token);
 }
 
+// Each token is its own HTTP chunk; a delta must reach the caller when its chunk arrives, not
+// when the next chunk's size line does.
+TEST_F(LlmClientTest, EachDeltaArrivesWhenItsTokenIsSentNotWithTheNext) {
+  constexpr milliseconds kTokenGap{400};
+  StartSim();
+  auto client = MakeClient(FastOptions(sim_->base_url()));
+  std::vector<Clock::time_point> arrivals;
+  const auto start = Clock::now();
+  auto result = Run(client->Stream(Hello({{"X-Sim-Ttft-Ms", "50"},
+                                          {"X-Sim-Tokens-Per-Second", "2.5"},
+                                          {"X-Sim-Output-Tokens", "3"}}),
+                                   [&](std::string_view) { arrivals.push_back(Clock::now()); }));
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  ASSERT_EQ(arrivals.size(), 3u);
+  // The tokens are sent 50, 450 and 850 ms after the request.
+  EXPECT_LT(arrivals[0] - start, kTokenGap);
+  EXPECT_LT(arrivals[1] - start, 2 * kTokenGap);
+  EXPECT_GT(arrivals[1] - arrivals[0], kTokenGap / 2);
+  EXPECT_GT(arrivals[2] - arrivals[1], kTokenGap / 2);
+}
+
 TEST_F(LlmClientTest, JsonSchemaReplyParsesAndHasRequiredFields) {
   StartSim();
   auto client = MakeClient(FastOptions(sim_->base_url()));

@@ -1,6 +1,24 @@
 #include "llm/sse_parser.h"
 
+#include <cstring>
+
 namespace tidepool::llm {
+
+namespace {
+
+// Where the line starting at `pos` ends (its CR or LF), or npos. Two vectorised scans instead
+// of find_first_of, which tests every byte against the set one by one.
+size_t FindLineEnd(std::string_view text, size_t pos) {
+  const char* begin = text.data() + pos;
+  const size_t size = text.size() - pos;
+  const void* lf = std::memchr(begin, '\n', size);
+  const size_t lf_offset = lf == nullptr ? size : static_cast<const char*>(lf) - begin;
+  const void* cr = std::memchr(begin, '\r', lf_offset);
+  if (cr != nullptr) return pos + static_cast<size_t>(static_cast<const char*>(cr) - begin);
+  return lf == nullptr ? std::string_view::npos : pos + lf_offset;
+}
+
+}  // namespace
 
 Status SseParser::Feed(std::string_view chunk, std::vector<SseEvent>* events) {
   size_t pos = 0;
@@ -9,7 +27,7 @@ Status SseParser::Feed(std::string_view chunk, std::vector<SseEvent>* events) {
     skip_lf_ = false;
   }
   while (pos < chunk.size()) {
-    const size_t end = chunk.find_first_of("\r\n", pos);
+    const size_t end = FindLineEnd(chunk, pos);
     if (end == std::string_view::npos) {
       line_.append(chunk.substr(pos));
       if (line_.size() > max_line_) {

@@ -5,11 +5,11 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
@@ -21,6 +21,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "llm/sim/chat_request.h"
@@ -104,6 +105,40 @@ std::vector<std::string> CharTokens(const std::string& text) {
     i = end;
   }
   return out;
+}
+
+// Appends `text` as a JSON string literal (quotes included).
+void AppendJsonString(std::string& out, std::string_view text) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  out += '"';
+  for (const char c : text) {
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (static_cast<unsigned char>(c) < 0x20) {
+          out += "\\u00";
+          out += kHex[static_cast<unsigned char>(c) >> 4];
+          out += kHex[static_cast<unsigned char>(c) & 0xF];
+        } else {
+          out += c;
+        }
+    }
+  }
+  out += '"';
 }
 
 std::string Lower(std::string_view s) {
@@ -194,18 +229,27 @@ struct LlmSim::Impl {
   std::atomic<uint64_t> injected_drop{0};
   std::atomic<uint64_t> sequence{0};
 
-  // Declared after everything the coroutines touch: destroying the io_context destroys the
-  // suspended coroutine frames, whose destructors still update the counters above.
-  // Stop() destroys it, and with it every connection's socket.
-  std::unique_ptr<asio::io_context> io_owner;
-  asio::io_context& io;
-  std::optional<tcp::acceptor> acceptor;
+  // One io_context per thread, each run by its own thread; a connection stays on the shard it
+  // was accepted onto. Its handlers never cross threads, and the shards share no scheduler
+  // lock: 10k streams at 50 tokens/s are half a million timer wakeups and writes a second.
+  // Declared after everything the coroutines touch: destroying a shard destroys its suspended
+  // coroutine frames, whose destructors still update the counters above. Stop() destroys
+  // them, and with them every connection's socket.
+  std::vector<std::unique_ptr<asio::io_context>> shards;
+  // Keeps each shard's run() going while it has no connection yet.
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> shard_work;
+  std::optional<tcp::acceptor> acceptor;  // on shards[0]
+  size_t next_shard = 0;                  // only the accept loop touches it
   std::vector<std::thread> threads;
   std::mutex stop_mu;
 
-  explicit Impl(int concurrency_hint)
-      : io_owner(std::make_unique<asio::io_context>(concurrency_hint)), io(*io_owner) {
-    acceptor.emplace(io);
+  explicit Impl(int shard_count) {
+    for (int i = 0; i < shard_count; ++i) {
+      // Hint 1: each context is run by exactly one thread.
+      shards.push_back(std::make_unique<asio::io_context>(1));
+      shard_work.push_back(asio::make_work_guard(*shards.back()));
+    }
+    acceptor.emplace(*shards.front());
   }
 
   // ---- responses
@@ -316,6 +360,24 @@ struct LlmSim::Impl {
     auto result = co_await (timer.async_wait(kToken) ||
                             stream.socket().async_read_some(asio::buffer(&byte, 1), kToken));
     co_return result.index() == 0;
+  }
+
+  // Writes `buffers` at once when the socket takes them all, as it does a few hundred bytes
+  // unless the client stopped reading; the rest, if any, asynchronously. An async_write alone
+  // always completes through the shard's queue, and with 10k streams in it every token would
+  // wait a whole turn of the queue for its own write to be reported. The socket is
+  // non-blocking (StartSession); whether the connection is still good. `buffers` is taken by
+  // value: the coroutine starts after the caller's temporaries are gone.
+  template <typename Buffers>
+  static asio::awaitable<bool> WriteNow(beast::tcp_stream& stream, Buffers buffers) {
+    boost::system::error_code ec;
+    const size_t written = stream.socket().write_some(buffers, ec);
+    if (ec && ec != asio::error::would_block) co_return false;
+    if (written == beast::buffer_bytes(buffers)) co_return true;
+    beast::buffers_suffix<Buffers> rest(buffers);
+    rest.consume(written);
+    auto [write_ec, n] = co_await asio::async_write(stream, rest, kToken);
+    co_return !write_ec;
   }
 
   static asio::awaitable<void> SleepUntil(asio::steady_timer& timer, Clock::time_point when) {
@@ -454,10 +516,10 @@ struct LlmSim::Impl {
     head.set(http::field::content_type, "text/event-stream");
     head.set(http::field::cache_control, "no-cache");
     head.chunked(true);
-    http::response_serializer<http::empty_body> serializer(head);
-    if (auto [ec, n] = co_await http::async_write_header(stream, serializer, kToken); ec) {
-      co_return false;
-    }
+    // Sent together with the first chunk: one write, not two.
+    std::ostringstream head_text;
+    head_text << head.base();
+    const std::string head_bytes = std::move(head_text).str();
 
     // Every chunk shares this prefix; only the delta and finish_reason vary. Pre-serialized,
     // because 10k streams at 50 tokens/s make this the hot path.
@@ -466,24 +528,37 @@ struct LlmSim::Impl {
         std::to_string(std::time(nullptr)) +
         ",\"model\":" + json::serialize(json::string(ModelField(chat.model))) +
         ",\"choices\":[{\"index\":0,\"delta\":";
-    const std::string usage_null = chat.include_usage ? ",\"usage\":null" : "";
-    auto event = [&](std::string_view delta_json, std::string_view finish_reason) {
-      std::string e = prefix;
-      e += delta_json;
-      e += ",\"logprobs\":null,\"finish_reason\":";
-      e += finish_reason.empty() ? "null" : "\"" + std::string(finish_reason) + "\"";
-      e += "}]";
-      e += usage_null;
-      e += "}\n\n";
-      return e;
+    const std::string_view usage_null = chat.include_usage ? ",\"usage\":null" : "";
+    // Appends one event to `out`; a content delta is {"content":TOKEN}. Appending into one
+    // buffer reused for every write keeps the per-token path free of allocations.
+    auto append_event = [&](std::string& out, const std::string* token, std::string_view delta_json,
+                            std::string_view finish_reason) {
+      out += prefix;
+      if (token != nullptr) {
+        out += "{\"content\":";
+        AppendJsonString(out, *token);
+        out += '}';
+      } else {
+        out += delta_json;
+      }
+      out += ",\"logprobs\":null,\"finish_reason\":";
+      if (finish_reason.empty()) {
+        out += "null";
+      } else {
+        AppendJsonString(out, finish_reason);
+      }
+      out += "}]";
+      out += usage_null;
+      out += "}\n\n";
     };
-    auto write_chunk = [&stream](std::string data) -> asio::awaitable<bool> {
-      auto [ec, n] =
-          co_await asio::async_write(stream, http::make_chunk(asio::buffer(data)), kToken);
-      co_return !ec;
+    auto write_chunk = [&stream](const std::string& data) {
+      return WriteNow(stream, http::make_chunk(asio::buffer(data)));
     };
 
-    if (!co_await write_chunk(event("{\"role\":\"assistant\",\"content\":\"\"}", ""))) {
+    std::string batch;
+    append_event(batch, nullptr, "{\"role\":\"assistant\",\"content\":\"\"}", "");
+    if (!co_await WriteNow(stream, beast::buffers_cat(asio::buffer(head_bytes),
+                                                      http::make_chunk(asio::buffer(batch))))) {
       co_return false;
     }
     const size_t failure_point = FailurePoint(plan);
@@ -505,17 +580,17 @@ struct LlmSim::Impl {
       co_await SleepUntil(timer, first + TokenOffset(next, plan.tokens_per_second));
       // Every token already due goes out in one write: a slow loop catches up instead of
       // falling further behind.
-      std::string batch;
+      batch.clear();
       const Clock::time_point now = Clock::now();
       do {
-        batch +=
-            event("{\"content\":" + json::serialize(json::string(plan.tokens[next])) + "}", "");
+        append_event(batch, &plan.tokens[next], "", "");
         ++next;
       } while (next < plan.tokens.size() && next != failure_point &&
                first + TokenOffset(next, plan.tokens_per_second) <= now);
-      if (!co_await write_chunk(std::move(batch))) co_return false;
+      if (!co_await write_chunk(batch)) co_return false;
     }
-    std::string tail = event("{}", plan.finish_reason);
+    std::string tail;
+    append_event(tail, nullptr, "{}", plan.finish_reason);
     if (chat.include_usage) {
       tail += "data: " +
               json::serialize(json::object{{"id", id},
@@ -528,9 +603,13 @@ struct LlmSim::Impl {
     }
     tail += "data: [DONE]\n\n";
     completed.fetch_add(1);
-    if (!co_await write_chunk(std::move(tail))) co_return false;
-    auto [ec, n] = co_await asio::async_write(stream, http::make_chunk_last(), kToken);
-    co_return !ec && keep_alive;
+    // The last events and the end of the body in one write, so that the client sees the
+    // reply end as soon as it sees [DONE].
+    if (!co_await WriteNow(stream, beast::buffers_cat(http::make_chunk(asio::buffer(tail)),
+                                                      http::make_chunk_last()))) {
+      co_return false;
+    }
+    co_return keep_alive;
   }
 
   // ---- routing and connections
@@ -599,19 +678,42 @@ struct LlmSim::Impl {
     }
   }
 
+  void StartSession(tcp::socket socket) {
+    boost::system::error_code ec;
+    socket.set_option(tcp::no_delay(true), ec);
+    // WriteNow's write_some must return would_block rather than wait.
+    socket.non_blocking(true, ec);
+    auto executor = socket.get_executor();
+    asio::co_spawn(executor, Session(std::move(socket)), asio::detached);
+  }
+
   asio::awaitable<void> Accept() {
-    asio::steady_timer backoff(io);
+    asio::steady_timer backoff(*shards.front());
+    boost::system::error_code ec;
+    // So that the backlog can be drained below without blocking.
+    acceptor->non_blocking(true, ec);
     for (;;) {
-      auto [ec, socket] = co_await acceptor->async_accept(asio::make_strand(io), kToken);
-      if (ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
-      if (ec) {
+      // Round robin: a new connection lives on the next shard.
+      auto [accept_ec, socket] =
+          co_await acceptor->async_accept(*shards[next_shard % shards.size()], kToken);
+      if (accept_ec == asio::error::operation_aborted || !acceptor->is_open()) co_return;
+      if (accept_ec) {
         backoff.expires_after(kAcceptRetryDelay);
         co_await backoff.async_wait(kToken);
         continue;
       }
-      socket.set_option(tcp::no_delay(true), ec);
-      auto executor = socket.get_executor();
-      asio::co_spawn(executor, Session(std::move(socket)), asio::detached);
+      ++next_shard;
+      StartSession(std::move(socket));
+      // Take every connection already waiting as well. Each async_accept completes through
+      // the shard's queue; with thousands of streams in it, one accept per turn of the queue
+      // left connections in the backlog for seconds, and the kernel dropped new ones.
+      for (;;) {
+        tcp::socket next(*shards[next_shard % shards.size()]);
+        acceptor->accept(next, ec);
+        if (ec) break;  // would_block: the backlog is empty (other errors: the next async_accept)
+        ++next_shard;
+        StartSession(std::move(next));
+      }
     }
   }
 };
@@ -655,9 +757,9 @@ Result<std::unique_ptr<LlmSim>> LlmSim::Start(SimOptions options) {
   if (!ec) impl->acceptor->listen(asio::socket_base::max_listen_connections, ec);
   if (ec) return Status::Unavailable("cannot listen on " + listen + ": " + ec.message());
   impl->port = impl->acceptor->local_endpoint().port();
-  asio::co_spawn(impl->io, impl->Accept(), asio::detached);
-  for (int i = 0; i < threads; ++i) {
-    impl->threads.emplace_back([io = &impl->io] { io->run(); });
+  asio::co_spawn(*impl->shards.front(), impl->Accept(), asio::detached);
+  for (const auto& shard : impl->shards) {
+    impl->threads.emplace_back([io = shard.get()] { io->run(); });
   }
   return std::unique_ptr<LlmSim>(new LlmSim(std::move(impl)));
 }
@@ -691,12 +793,13 @@ void LlmSim::Stop() {
   if (!impl_) return;
   std::lock_guard<std::mutex> lock(impl_->stop_mu);
   if (impl_->threads.empty()) return;
-  impl_->io.stop();
+  for (const auto& shard : impl_->shards) shard->stop();
   for (std::thread& t : impl_->threads) t.join();
   impl_->threads.clear();
-  // Destroying the io_context destroys the suspended coroutines, closing their sockets.
+  // Destroying the shards destroys the suspended coroutines, closing their sockets.
   impl_->acceptor.reset();
-  impl_->io_owner.reset();
+  impl_->shard_work.clear();
+  impl_->shards.clear();
 }
 
 }  // namespace tidepool::llm::sim
