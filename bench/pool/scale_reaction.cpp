@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   const std::string dir = ::mkdtemp(dir_template);
   const int port = tidepool::testing::FreePort(), admin_port = tidepool::testing::FreePort();
   const std::string admin = "127.0.0.1:" + std::to_string(admin_port);
-  ChildProcess up({tidepool_bin, "up", "--data-dir", dir + "/data", "--listen",
+  ChildProcess up({tidepool_bin, "up", "--no-apps", "--data-dir", dir + "/data", "--broker-listen",
                    "127.0.0.1:" + std::to_string(port), "--admin-listen", admin},
                   {});
   if (!tidepool::testing::WaitForPort(port, 20s) ||

@@ -33,6 +33,11 @@ Response ErrorResponse(int http_status, const std::string& message);
 // the message in the JSON error body.
 Response ErrorResponse(const Status& status);
 
+// "a%20b+c" → "a b c".
+std::string PercentDecode(std::string_view in);
+// "a=1&b=x%20y" → {a: 1, b: "x y"}; a key without "=" maps to "".
+std::map<std::string, std::string> ParseQuery(std::string_view query);
+
 using Handler = std::function<Response()>;
 using RequestHandler = std::function<Response(const Request&)>;
 

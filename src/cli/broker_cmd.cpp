@@ -3,13 +3,16 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "admin/admin_server.h"
 #include "broker/broker.h"
 #include "broker/report.h"
 #include "cli/commands.h"
 #include "cli/pool_runner.h"
+#include "cli/up_apps.h"
 #include "pubsub/server.h"
 #include "queue/queue.h"
 
@@ -20,10 +23,16 @@ constexpr int64_t kShutdownGraceMicros = 10'000'000;
 
 struct BrokerFlags {
   std::string data_dir = "tidepool-data";
-  std::string listen = "127.0.0.1:8085";
+  std::string listen = "127.0.0.1:8085";  // the Pub/Sub API
   std::string admin_listen = "127.0.0.1:8086";
   int64_t stream_lifetime_seconds = 30 * 60;
-  std::string config_path;  // `up` only: pools to run
+  // `up` only:
+  std::string config_path;                    // pools to run
+  std::string web_listen = "127.0.0.1:8080";  // the web tier (`up --listen`)
+  std::vector<std::string> apps;              // app specs; empty: apps/*/app.yaml
+  bool no_apps = false;                       // broker and pools only
+  std::string llm_base_url;                   // empty: run llm-sim
+  std::string llm_sim_listen = "127.0.0.1:8090";
 };
 
 // The address a local client uses for a server listening on `listen` (a wildcard host
@@ -41,13 +50,30 @@ bool ParseBrokerFlags(const char* cmd, const Args& args, BrokerFlags* flags) {
   if (const char* env = std::getenv("TIDEPOOL_BROKER_LISTEN")) flags->listen = env;
   if (const char* env = std::getenv("TIDEPOOL_BROKER_ADMIN_LISTEN")) flags->admin_listen = env;
   if (const char* env = std::getenv("TIDEPOOL_CONFIG")) flags->config_path = env;
+  const bool up = std::string(cmd) == "up";
+  if (const char* env = std::getenv("TIDEPOOL_WEB_LISTEN"); env != nullptr && up) {
+    flags->web_listen = env;
+  }
+  if (const char* env = std::getenv("TIDEPOOL_LLM_BASE_URL"); env != nullptr && up) {
+    flags->llm_base_url = env;
+  }
   for (size_t i = 0; i < args.size(); ++i) {
     const bool has_value = i + 1 < args.size();
     if (args[i] == "--data-dir" && has_value) {
       flags->data_dir = args[++i];
     } else if (args[i] == "--listen" && has_value) {
+      (up ? flags->web_listen : flags->listen) = args[++i];
+    } else if (args[i] == "--broker-listen" && has_value && up) {
       flags->listen = args[++i];
-    } else if (args[i] == "--config" && has_value && std::string(cmd) == "up") {
+    } else if (args[i] == "--app" && has_value && up) {
+      flags->apps.push_back(args[++i]);
+    } else if (args[i] == "--no-apps" && up) {
+      flags->no_apps = true;
+    } else if (args[i] == "--llm-base-url" && has_value && up) {
+      flags->llm_base_url = args[++i];
+    } else if (args[i] == "--llm-sim-listen" && has_value && up) {
+      flags->llm_sim_listen = args[++i];
+    } else if (args[i] == "--config" && has_value && up) {
       flags->config_path = args[++i];
     } else if (args[i] == "--admin-listen" && has_value) {
       flags->admin_listen = args[++i];
@@ -63,7 +89,10 @@ bool ParseBrokerFlags(const char* cmd, const Args& args, BrokerFlags* flags) {
       std::fprintf(stderr,
                    "tidepool %s: unknown option '%s' (known: --data-dir DIR, --listen HOST:PORT, "
                    "--admin-listen HOST:PORT, --stream-lifetime SECONDS%s)\n",
-                   cmd, args[i].c_str(), std::string(cmd) == "up" ? ", --config FILE" : "");
+                   cmd, args[i].c_str(),
+                   up ? ", --broker-listen HOST:PORT, --config FILE, --app FILE, --no-apps, "
+                        "--llm-base-url URL, --llm-sim-listen HOST:PORT"
+                      : "");
       return false;
     }
   }
@@ -124,6 +153,24 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
     }
     pools = std::move(*started);
   }
+  // The chat side (`up`): llm-sim, a worker pool per app, the web tier.
+  std::optional<UpApps> apps;
+  if (std::string(cmd) == "up" && !flags.no_apps) {
+    auto started = StartUpApps(UpAppsOptions{.apps = flags.apps,
+                                             .data_dir = flags.data_dir,
+                                             .web_listen = flags.web_listen,
+                                             .llm_base_url = flags.llm_base_url,
+                                             .llm_sim_listen = flags.llm_sim_listen,
+                                             .broker = raw,
+                                             .queue = queue.get(),
+                                             .pools = pools.get()});
+    if (!started.ok()) {
+      std::fprintf(stderr, "tidepool %s: %s\n", cmd, started.status().ToString().c_str());
+      if (pools) pools->Stop();
+      return started.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
+    }
+    apps = std::move(started).value();
+  }
   pool::PoolManager* manager = pools.get();
   admin::AdminOptions admin_options;
   admin_options.listen = flags.admin_listen;
@@ -151,15 +198,26 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
   std::printf("tidepool %s %s: data dir %s, Pub/Sub API on %s (port %d), admin on http://%s\n", cmd,
               TIDEPOOL_VERSION, flags.data_dir.c_str(), flags.listen.c_str(), (*server)->port(),
               flags.admin_listen.c_str());
+  if (apps) {
+    const std::string web =
+        "http://" + LoopbackEndpoint(flags.web_listen, apps->web.service->port());
+    std::printf("tidepool %s: chat   %s/ (apps: %s)\n", cmd, web.c_str(),
+                apps->web.app_names.c_str());
+    std::printf("tidepool %s: dashboard %s/dashboard\n", cmd, web.c_str());
+    std::printf("tidepool %s: API    %s/v1/apps (docs/api.md)\n", cmd, web.c_str());
+    std::printf("tidepool %s: LLM    %s%s\n", cmd, apps->llm_base_url.c_str(),
+                apps->sim ? " (tidepool llm-sim: a simulator, not a model)" : "");
+  }
   std::fflush(stdout);
   int sig = 0;
   sigwait(&stop_signals, &sig);
   std::printf("tidepool %s: %s received, draining\n", cmd, sig == SIGINT ? "SIGINT" : "SIGTERM");
   std::fflush(stdout);
-  if (pools) {
-    // Workers drain first, while the broker still takes their acks and nacks.
-    pools->Stop();
-  }
+  // The web tier stops taking messages first; then workers drain, while the broker still
+  // takes their acks and nacks.
+  if (apps) apps->web.service->Stop(std::chrono::seconds(5));
+  if (pools) pools->Stop();
+  apps.reset();
   (*admin)->Stop();
   pools.reset();
   queue.reset();

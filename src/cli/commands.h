@@ -16,5 +16,6 @@ int RunPools(const Args& args);
 int RunPool(const Args& args);
 int RunLlmSim(const Args& args);
 int RunWorker(const Args& args);
+int RunWeb(const Args& args);
 
 }  // namespace tidepool::cli

@@ -34,6 +34,9 @@ constexpr char kUsage[] =
     "                             Serve a SIMULATED OpenAI-compatible Chat Completions API\n"
     "                             (default 127.0.0.1:8090) for development, tests and load\n"
     "                             (tidepool llm-sim --help)\n"
+    "  web [--listen HOST:PORT] [--broker HOST:PORT] [--store URL] ...\n"
+    "                             Serve the chat API, its event streams and the UI (default\n"
+    "                             127.0.0.1:8080; tidepool web --help)\n"
     "  worker --app FILE [--llm-base-url URL] ...\n"
     "                             Run an app's LLM pipeline on its request subscription (the\n"
     "                             command a pool runs; tidepool worker --help)\n"
@@ -64,6 +67,7 @@ int Dispatch(int argc, char** argv) {
   if (cmd == "pool") return tidepool::cli::RunPool(args);
   if (cmd == "llm-sim") return tidepool::cli::RunLlmSim(args);
   if (cmd == "worker") return tidepool::cli::RunWorker(args);
+  if (cmd == "web") return tidepool::cli::RunWeb(args);
   std::fprintf(stderr, "tidepool: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
   return 2;
 }

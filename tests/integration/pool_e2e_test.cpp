@@ -68,9 +68,9 @@ class PoolE2ETest : public ::testing::Test {
   // Starts `tidepool up` on the fixture's data dir and ports, and the queue that talks to it.
   void StartUp() {
     up_ = std::make_unique<ChildProcess>(
-        std::vector<std::string>{TIDEPOOL_BIN, "up", "--data-dir", dir_.sub("data"), "--listen",
-                                 "127.0.0.1:" + std::to_string(port_), "--admin-listen",
-                                 "127.0.0.1:" + std::to_string(admin_port_)});
+        std::vector<std::string>{TIDEPOOL_BIN, "up", "--no-apps", "--data-dir", dir_.sub("data"),
+                                 "--broker-listen", "127.0.0.1:" + std::to_string(port_),
+                                 "--admin-listen", "127.0.0.1:" + std::to_string(admin_port_)});
     ASSERT_TRUE(testing::WaitForPort(port_, 20s)) << "tidepool up did not listen";
     ASSERT_TRUE(testing::WaitForPort(admin_port_, 20s));
     queue::QueueOptions qo;

@@ -1,0 +1,125 @@
+#include "cli/up_apps.h"
+
+#include <atomic>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <filesystem>
+
+#include "broker/report.h"
+#include "pipeline/runner.h"
+#include "pool/spec.h"
+
+namespace tidepool::cli {
+
+namespace json = boost::json;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The pool of an app: `tidepool worker --app FILE` instances scaled on the request backlog.
+std::string AppPoolYaml(const pipeline::AppSpec& app, const std::string& spec_file,
+                        const std::string& llm_url, const std::string& data_dir) {
+  std::error_code ec;
+  const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
+  const std::string file = fs::absolute(spec_file, ec).string();
+  const std::string data = fs::absolute(data_dir, ec).string();
+  auto quoted = [](const std::string& s) { return json::serialize(json::value(s)); };
+  return "name: " + app.name + "\n" + "subscription: " + app.request_subscription + "\n" +
+         "command: " + quoted(self) + "\n" + "args: [worker, --app, " + quoted(file) + "]\n" +
+         "env:\n" + "  TIDEPOOL_LLM_BASE_URL: " + quoted(llm_url) + "\n" +
+         "  TIDEPOOL_DATA_DIR: " + quoted(data) + "\n" + "grace_period: 30s\n" +
+         "autoscaling:\n"
+         "  min: 1\n"
+         "  max: 4\n"
+         "  triggers:\n"
+         "    - {type: backlog, target: 200}\n";
+}
+
+std::string DashboardJson(broker::Broker* broker, pool::PoolManager* pools,
+                          web::WebService* service) {
+  json::array pool_list;
+  json::array decisions;
+  for (const std::string& name : pools->PoolNames()) {
+    auto described = pools->DescribeJson(name);
+    if (described.ok()) pool_list.push_back(std::move(described).value());
+    for (const auto& d : pools->Decisions(name)) {
+      const auto ago = std::chrono::duration<double>(pool::ScalerClock::now() - d.at).count();
+      decisions.push_back(json::object{{"pool", name},
+                                       {"seconds_ago", ago},
+                                       {"from", d.current},
+                                       {"to", d.desired},
+                                       {"reason", d.reason}});
+    }
+  }
+  json::array subscriptions;
+  for (const auto& b : broker->Backlogs()) {
+    const json::value row = json::parse(broker::BacklogJson({b}));
+    for (const auto& s : row.at("subscriptions").as_array()) subscriptions.push_back(s);
+  }
+  json::object web;
+  if (service != nullptr) {
+    const web::WebStats s = service->stats();
+    web = json::object{{"messages_accepted_total", s.messages_accepted},
+                       {"messages_replayed_total", s.messages_replayed},
+                       {"replies_stored_total", s.replies_stored},
+                       {"events_received_total", s.events_received},
+                       {"publish_failures_total", s.publish_failures},
+                       {"rate_limited_total", s.rate_limited}};
+  }
+  return json::serialize(json::object{{"pools", std::move(pool_list)},
+                                      {"subscriptions", std::move(subscriptions)},
+                                      {"web", std::move(web)},
+                                      {"decisions", std::move(decisions)}});
+}
+
+}  // namespace
+
+Result<UpApps> StartUpApps(const UpAppsOptions& options) {
+  UpApps up;
+  std::vector<std::string> files = options.apps.empty() ? FindApps() : options.apps;
+  if (files.empty()) {
+    return Status::InvalidArgument(
+        "no apps found (apps/*/app.yaml); pass --app FILE, or --no-apps for broker and pools only");
+  }
+  up.llm_base_url = options.llm_base_url;
+  if (up.llm_base_url.empty()) {
+    llm::sim::SimOptions so;
+    so.listen = options.llm_sim_listen;
+    so.threads = 1;
+    so.ttft = llm::sim::TtftModel::Lognormal(350, 1200);
+    so.tokens_per_second = 40;
+    so.output_tokens_min = 60;
+    so.output_tokens_max = 140;
+    TP_ASSIGN_OR_RETURN(up.sim, llm::sim::LlmSim::Start(so));
+    up.llm_base_url = up.sim->base_url();
+  }
+  const std::vector<std::string> existing = options.pools->PoolNames();
+  for (const std::string& file : files) {
+    TP_ASSIGN_OR_RETURN(pipeline::AppSpec app, pipeline::LoadApp(file));
+    if (std::find(existing.begin(), existing.end(), app.name) != existing.end()) continue;
+    const std::string yaml = AppPoolYaml(app, file, up.llm_base_url, options.data_dir);
+    TP_ASSIGN_OR_RETURN(pool::PoolSpec spec, pool::ParsePool(yaml, "app " + app.name));
+    TP_RETURN_IF_ERROR(options.pools->Deploy(spec).status());
+    up.pool_names.push_back(app.name);
+  }
+  WebFlags web_flags;
+  web_flags.listen = options.web_listen;
+  web_flags.data_dir = options.data_dir;
+  web_flags.apps = files;
+  broker::Broker* broker = options.broker;
+  pool::PoolManager* pools = options.pools;
+  // The hooks run once the service exists; it is reached through the shared slot.
+  auto service_slot = std::make_shared<std::atomic<web::WebService*>>(nullptr);
+  WebHooks hooks;
+  hooks.extra_metrics = [broker, pools] {
+    return broker::BacklogMetrics(broker->Backlogs()) + pools->MetricsText();
+  };
+  hooks.dashboard_json = [broker, pools, service_slot] {
+    return DashboardJson(broker, pools, service_slot->load());
+  };
+  TP_ASSIGN_OR_RETURN(up.web, StartWeb(web_flags, *options.queue, std::move(hooks)));
+  service_slot->store(up.web.service.get());
+  return up;
+}
+
+}  // namespace tidepool::cli

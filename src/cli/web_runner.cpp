@@ -1,0 +1,100 @@
+#include "cli/web_runner.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+
+#include "pipeline/runner.h"
+
+namespace tidepool::cli {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The directory holding the running binary.
+fs::path ExecutableDir() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  return ec ? fs::path(".") : exe.parent_path();
+}
+
+std::vector<fs::path> SearchRoots() {
+  return {fs::current_path(), ExecutableDir().parent_path()};
+}
+
+}  // namespace
+
+std::vector<std::string> FindApps() {
+  for (const fs::path& root : SearchRoots()) {
+    std::error_code ec;
+    const fs::path apps = root / "apps";
+    if (!fs::is_directory(apps, ec)) continue;
+    std::vector<std::string> found;
+    for (const auto& entry : fs::directory_iterator(apps, ec)) {
+      const fs::path spec = entry.path() / "app.yaml";
+      if (fs::is_regular_file(spec, ec)) found.push_back(spec.string());
+    }
+    std::sort(found.begin(), found.end());
+    if (!found.empty()) return found;
+  }
+  return {};
+}
+
+std::string FindUiDir() {
+  for (const fs::path& root : SearchRoots()) {
+    std::error_code ec;
+    if (fs::is_regular_file(root / "ui" / "index.html", ec)) return (root / "ui").string();
+  }
+  return "";
+}
+
+Result<RunningWeb> StartWeb(const WebFlags& flags, queue::Queue& queue, WebHooks hooks) {
+  RunningWeb running;
+  std::vector<std::string> files = flags.apps.empty() ? FindApps() : flags.apps;
+  if (files.empty()) {
+    return Status::InvalidArgument("no apps: pass --app FILE (or run where apps/*/app.yaml is)");
+  }
+  web::WebOptions options;
+  for (const std::string& file : files) {
+    TP_ASSIGN_OR_RETURN(pipeline::AppSpec spec, pipeline::LoadApp(file));
+    options.apps.push_back(web::AppInfo{.name = spec.name,
+                                        .title = spec.title,
+                                        .description = spec.description,
+                                        .greeting = spec.greeting,
+                                        .examples = spec.examples,
+                                        .request_topic = spec.request_topic,
+                                        .request_subscription = pipeline::RequestSubscription(spec),
+                                        .api_keys = {}});
+    if (options.events_topic != spec.events_topic && running.specs.empty()) {
+      options.events_topic = spec.events_topic;
+    }
+    running.app_names += (running.app_names.empty() ? "" : ", ") + spec.name;
+    running.specs.push_back(std::move(spec));
+  }
+  for (const auto& spec : running.specs) {
+    if (spec.events_topic != options.events_topic) {
+      return Status::InvalidArgument("apps " + running.specs.front().name + " and " + spec.name +
+                                     " publish events to different topics; one web tier reads "
+                                     "one events topic");
+    }
+  }
+  std::string store_url = flags.store;
+  if (store_url.empty()) store_url = "sqlite:" + flags.data_dir + "/web/conversations.db";
+  TP_ASSIGN_OR_RETURN(running.store, store::OpenStore(store_url));
+  running.store_description =
+      store_url.starts_with("sqlite:") ? store_url : running.store->engine();
+  options.http.listen = flags.listen;
+  options.events_subscription = flags.events_subscription;
+  options.cors_origin = flags.cors_origin;
+  options.rate_per_second = flags.rate_limit;
+  options.ui_dir = flags.ui_dir.empty() ? FindUiDir() : flags.ui_dir;
+  options.extra_metrics = std::move(hooks.extra_metrics);
+  options.dashboard_json = std::move(hooks.dashboard_json);
+  TP_ASSIGN_OR_RETURN(running.service,
+                      web::WebService::Start(std::move(options), running.store.get(), &queue));
+  return running;
+}
+
+}  // namespace tidepool::cli

@@ -1,0 +1,708 @@
+#include "web/service.h"
+
+#include <atomic>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <cmath>
+#include <condition_variable>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <thread>
+#include <unordered_map>
+
+#include "common/await_callback.h"
+#include "web/hub.h"
+
+namespace tidepool::web {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+namespace {
+
+constexpr size_t kMaxTextBytes = 32 * 1024;
+constexpr size_t kMaxIdempotencyKey = 200;
+constexpr int kMaxHistoryLimit = 500;
+constexpr auto kSweepEvery = std::chrono::seconds(5);
+constexpr auto kUnpublishedAfter = std::chrono::seconds(10);
+constexpr size_t kMaxRateClients = 100'000;
+
+int64_t NowMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string RandomId(const char* prefix, int hex_digits) {
+  thread_local std::mt19937_64 rng(std::random_device{}());
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string id = prefix;
+  uint64_t bits = rng();
+  for (int i = 0; i < hex_digits; ++i) {
+    if (i == 16) bits = rng();
+    id += kHex[bits & 0xF];
+    bits >>= 4;
+  }
+  return id;
+}
+
+// Conversation and message ids as the pipeline accepts them (1-128 of A-Z a-z 0-9 . _ : -).
+bool IsValidId(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  return std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == ':' || c == '-';
+  });
+}
+
+json::object MessageJson(const store::StoredMessage& m) {
+  json::object o{{"id", m.id},     {"role", std::string(store::RoleName(m.role))},
+                 {"text", m.text}, {"request_id", m.request_id},
+                 {"seq", m.seq},   {"created_micros", m.created_micros}};
+  if (!m.cards_json.empty()) {
+    boost::system::error_code ec;
+    json::value cards = json::parse(m.cards_json, ec);
+    if (!ec) o["cards"] = std::move(cards);
+  }
+  return o;
+}
+
+// The body of Offload: `f` is a parameter (copied into the coroutine frame), not a capture of a
+// coroutine lambda, whose captures would die with the lambda object before the body runs.
+template <typename F>
+asio::awaitable<std::optional<std::invoke_result_t<F>>> CallOnce(F f) {
+  co_return f();
+}
+
+// Runs `f` on the blocking pool and resumes on the caller's executor with its result. Callers
+// pass a named lambda: GCC 12 destroys a temporary in a co_await expression twice.
+template <typename F>
+asio::awaitable<std::invoke_result_t<F>> Offload(asio::thread_pool& pool, F f) {
+  auto op = CallOnce(std::move(f));
+  auto done = co_await asio::co_spawn(pool, std::move(op), asio::use_awaitable);
+  co_return std::move(*done);
+}
+
+struct Bucket {
+  double tokens = 0;
+  Clock::time_point last{};
+};
+
+}  // namespace
+
+struct WebService::Impl {
+  WebOptions options;
+  store::Store* store = nullptr;
+  queue::Queue* queue = nullptr;
+  std::unique_ptr<HttpServer> server;
+  asio::thread_pool blocking{4};
+  EventHub hub;
+  std::map<std::string, AppInfo> apps;
+  std::map<std::string, std::unique_ptr<queue::Publisher>> publishers;  // by app
+  std::unique_ptr<queue::MessageStream> events;
+  std::atomic<bool> events_ok{false};
+  std::atomic<bool> stopping{false};
+  std::thread sweeper;
+  std::mutex sweeper_mu;
+  std::condition_variable sweeper_cv;
+
+  mutable std::mutex mu;
+  WebStats stats;
+  std::unordered_map<std::string, Bucket> buckets;
+
+  void Count(uint64_t WebStats::*field) {
+    std::lock_guard lock(mu);
+    ++(stats.*field);
+  }
+
+  // ---- filters: auth, rate limits, CORS preflight
+
+  HttpResponse Filter(const HttpRequest& r) {
+    if (r.method == "OPTIONS") {
+      if (options.cors_origin.empty()) return JsonError(405, "no CORS configured");
+      HttpResponse ok{.status = 204};
+      ok.headers = {{"Access-Control-Allow-Methods", "GET, POST, OPTIONS"},
+                    {"Access-Control-Allow-Headers",
+                     "Content-Type, Authorization, X-API-Key, Idempotency-Key, Last-Event-ID"},
+                    {"Access-Control-Max-Age", "600"}};
+      return ok;
+    }
+    // The rate limit first: a client guessing keys is limited too.
+    if (r.method == "POST" && options.rate_per_second > 0) {
+      std::lock_guard lock(mu);
+      const auto now = Clock::now();
+      if (buckets.size() > kMaxRateClients) buckets.clear();
+      Bucket& b = buckets[r.remote_ip];
+      if (b.last == Clock::time_point{}) {
+        b.tokens = options.rate_burst;
+      } else {
+        const double seconds = std::chrono::duration<double>(now - b.last).count();
+        b.tokens = std::min(options.rate_burst, b.tokens + seconds * options.rate_per_second);
+      }
+      b.last = now;
+      if (b.tokens < 1) {
+        ++stats.rate_limited;
+        const int wait =
+            std::max(1, static_cast<int>(std::ceil((1 - b.tokens) / options.rate_per_second)));
+        HttpResponse limited = JsonError(
+            429, "too many requests from this address; retry in " + std::to_string(wait) + " s");
+        limited.headers.emplace_back("Retry-After", std::to_string(wait));
+        return limited;
+      }
+      b.tokens -= 1;
+    }
+    if (auto app = r.params.find("app"); app != r.params.end()) {
+      auto it = apps.find(app->second);
+      if (it != apps.end() && !it->second.api_keys.empty()) {
+        std::string key = r.header("x-api-key");
+        const std::string& auth = r.header("authorization");
+        if (key.empty() && auth.starts_with("Bearer ")) key = auth.substr(7);
+        const auto& keys = it->second.api_keys;
+        if (key.empty()) return JsonError(401, "this app needs an API key (X-API-Key)");
+        if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
+          return JsonError(403, "the API key is not valid for app " + it->first);
+        }
+      }
+    }
+    return HttpResponse{.status = 0};
+  }
+
+  const AppInfo* FindApp(const HttpRequest& r) const {
+    auto it = apps.find(r.params.at("app"));
+    return it == apps.end() ? nullptr : &it->second;
+  }
+
+  // ---- API
+
+  asio::awaitable<HttpResponse> ListApps(HttpRequest&) {
+    json::array list;
+    for (const auto& [name, app] : apps) {
+      json::array examples;
+      for (const auto& e : app.examples) examples.push_back(json::value(e));
+      list.push_back(json::object{{"name", app.name},
+                                  {"title", app.title},
+                                  {"description", app.description},
+                                  {"greeting", app.greeting},
+                                  {"examples", std::move(examples)},
+                                  {"requires_api_key", !app.api_keys.empty()}});
+    }
+    co_return Json(200, json::serialize(json::object{{"apps", std::move(list)}}));
+  }
+
+  asio::awaitable<HttpResponse> CreateConversation(HttpRequest& r) {
+    const AppInfo* app = FindApp(r);
+    if (app == nullptr) co_return JsonError(404, "no app named " + r.params.at("app"));
+    store::Conversation c{
+        .id = RandomId("c-", 20), .app = app->name, .created_micros = NowMicros()};
+    auto create = [this, c] { return store->CreateConversation(c); };
+    Status created = co_await Offload(blocking, std::move(create));
+    if (!created.ok()) co_return JsonError(created);
+    HttpResponse response =
+        Json(201, json::serialize(json::object{
+                      {"id", c.id}, {"app", c.app}, {"created_micros", c.created_micros}}));
+    response.headers.emplace_back("Location", "/v1/apps/" + app->name + "/conversations/" + c.id);
+    co_return response;
+  }
+
+  // The conversation, if it exists in this app; else the error response to give.
+  asio::awaitable<std::optional<HttpResponse>> CheckConversation(const AppInfo& app,
+                                                                 const std::string& id) {
+    if (!IsValidId(id)) {
+      co_return JsonError(400, "conversation id must be 1-128 of A-Z a-z 0-9 . _ : -");
+    }
+    auto get = [this, id] { return store->GetConversation(id); };
+    auto got = co_await Offload(blocking, std::move(get));
+    if (!got.ok()) co_return JsonError(got.status());
+    if (!got->has_value() || (*got)->app != app.name) {
+      co_return JsonError(404, "no conversation " + id + " in app " + app.name);
+    }
+    co_return std::nullopt;
+  }
+
+  asio::awaitable<HttpResponse> GetConversation(HttpRequest& r) {
+    const AppInfo* app = FindApp(r);
+    if (app == nullptr) co_return JsonError(404, "no app named " + r.params.at("app"));
+    const std::string id = r.params.at("id");
+    if (auto refused = co_await CheckConversation(*app, id)) co_return std::move(*refused);
+    int limit = 200;
+    if (auto it = r.query.find("limit"); it != r.query.end()) {
+      char* end = nullptr;
+      const long parsed = std::strtol(it->second.c_str(), &end, 10);
+      if (it->second.empty() || *end != '\0' || parsed < 1 || parsed > 1000) {
+        co_return JsonError(400, "limit must be a number from 1 to 1000");
+      }
+      limit = static_cast<int>(parsed);
+    }
+    auto read = [this, id, limit] { return store->History(id, limit); };
+    auto history = co_await Offload(blocking, std::move(read));
+    if (!history.ok()) co_return JsonError(history.status());
+    json::array messages;
+    for (const auto& m : *history) messages.push_back(MessageJson(m));
+    co_return Json(200, json::serialize(json::object{
+                            {"id", id}, {"app", app->name}, {"messages", std::move(messages)}}));
+  }
+
+  // The request the workers get: the message and the conversation before it.
+  std::string RequestData(const store::StoredMessage& m,
+                          const std::vector<store::StoredMessage>& history) {
+    json::array turns;
+    for (const auto& h : history) {
+      if (h.seq >= m.seq || h.role == store::Role::kError) continue;
+      turns.push_back(json::object{{"role", h.role == store::Role::kUser ? "user" : "assistant"},
+                                   {"content", h.text}});
+    }
+    return json::serialize(json::object{{"conversation_id", m.conversation_id},
+                                        {"message_id", m.id},
+                                        {"text", m.text},
+                                        {"history", std::move(turns)}});
+  }
+
+  asio::awaitable<Status> PublishAwait(const AppInfo& app, std::string data,
+                                       const std::string& conversation_id) {
+    queue::Publisher& publisher = *publishers.at(app.name);
+    queue::Message message{.data = std::move(data)};
+    message.attributes = {{"app", app.name}, {"conversation_id", conversation_id}};
+    auto publish = [&publisher, &message](std::function<void(Status)> done) {
+      publisher.Publish(std::move(message),
+                        [done = std::move(done)](Result<std::string> id) { done(id.status()); });
+    };
+    Status published = co_await AwaitCallback<Status>(
+        std::move(publish), Status::Unavailable("cancelled while publishing"));
+    co_return published;
+  }
+
+  asio::awaitable<HttpResponse> PostMessage(HttpRequest& r) {
+    const AppInfo* app = FindApp(r);
+    if (app == nullptr) co_return JsonError(404, "no app named " + r.params.at("app"));
+    const std::string conversation = r.params.at("id");
+    const std::string key = r.header("idempotency-key");
+    if (key.size() > kMaxIdempotencyKey) {
+      co_return JsonError(400, "Idempotency-Key is longer than 200 characters");
+    }
+    if (!r.header("content-type").starts_with("application/json")) {
+      co_return JsonError(415, "send the message as application/json: {\"text\": \"...\"}");
+    }
+    boost::system::error_code ec;
+    json::value body = json::parse(r.body, ec);
+    if (ec || !body.is_object()) co_return JsonError(400, "the body must be a JSON object");
+    const json::value* text = body.get_object().if_contains("text");
+    if (text == nullptr || !text->is_string()) {
+      co_return JsonError(400, "text is required (a string)");
+    }
+    const std::string message_text(text->get_string());
+    if (message_text.find_first_not_of(" \t\r\n") == std::string::npos) {
+      co_return JsonError(400, "text is empty");
+    }
+    if (message_text.size() > kMaxTextBytes) {
+      co_return JsonError(413, "text is longer than 32 KiB");
+    }
+    if (!IsValidUtf8(message_text)) co_return JsonError(400, "text is not valid UTF-8");
+    if (auto refused = co_await CheckConversation(*app, conversation)) {
+      co_return std::move(*refused);
+    }
+
+    store::StoredMessage m;
+    m.id = RandomId("m-", 24);
+    m.conversation_id = conversation;
+    m.role = store::Role::kUser;
+    m.text = message_text;
+    m.request_id = m.id;
+    m.created_micros = NowMicros();
+    const int limit = std::clamp(options.history_limit, 0, kMaxHistoryLimit);
+    struct Stored {
+      Result<store::AddResult> added = Status::Internal("not run");
+      Result<std::vector<store::StoredMessage>> history = Status::Internal("not run");
+    };
+    auto add = [this, m, key, limit] {
+      Stored s;
+      s.added = store->AddUserMessage(m, key);
+      if (s.added.ok()) s.history = store->History(m.conversation_id, limit + 1);
+      return s;
+    };
+    Stored stored = co_await Offload(blocking, std::move(add));
+    if (!stored.added.ok()) co_return JsonError(stored.added.status());
+    const store::StoredMessage& message = stored.added->message;
+    auto accepted = [&](bool replayed) {
+      HttpResponse response =
+          Json(202, json::serialize(json::object{{"message_id", message.id},
+                                                 {"conversation_id", message.conversation_id},
+                                                 {"status", "accepted"}}));
+      if (replayed) response.headers.emplace_back("Idempotent-Replayed", "true");
+      return response;
+    };
+    if (!stored.added->created && message.published) {
+      Count(&WebStats::messages_replayed);
+      co_return accepted(true);
+    }
+    std::vector<store::StoredMessage> history;
+    if (stored.history.ok()) history = std::move(stored.history).value();
+    Status published =
+        co_await PublishAwait(*app, RequestData(message, history), message.conversation_id);
+    if (!published.ok()) {
+      Count(&WebStats::publish_failures);
+      // Stored, not published: the sweeper publishes it; a retry with the same key does too.
+      HttpResponse unavailable =
+          JsonError(503, "the message is stored but the queue did not confirm it yet: " +
+                             published.message());
+      unavailable.headers.emplace_back("Retry-After", "1");
+      co_return unavailable;
+    }
+    const std::string id = message.id;
+    auto mark = [this, id] { return store->MarkPublished(id); };
+    Status marked = co_await Offload(blocking, std::move(mark));
+    (void)marked;  // unmarked: the sweeper publishes it again; workers drop the duplicate
+    Count(stored.added->created ? &WebStats::messages_accepted : &WebStats::messages_replayed);
+    co_return accepted(!stored.added->created);
+  }
+
+  // ---- events
+
+  asio::awaitable<void> StreamEvents(HttpRequest& r, SseWriter& out, HttpResponse& refusal) {
+    const AppInfo* app = FindApp(r);
+    if (app == nullptr) {
+      refusal = JsonError(404, "no app named " + r.params.at("app"));
+      co_return;
+    }
+    const std::string conversation = r.params.at("id");
+    if (auto refused = co_await CheckConversation(*app, conversation)) {
+      refusal = std::move(*refused);
+      co_return;
+    }
+    std::string last = r.header("last-event-id");
+    if (last.empty()) {
+      if (auto it = r.query.find("last_event_id"); it != r.query.end()) last = it->second;
+    }
+    const uint64_t subscription = hub.Subscribe(conversation, out.Waker());
+    uint64_t position = 0;
+    bool ok = true;
+    if (!last.empty()) {
+      if (auto found = hub.Find(conversation, last)) {
+        position = *found;
+      } else {
+        // Too old to resume from: the client reloads the history (replies are stored) and
+        // continues with what comes next.
+        position = hub.Last(conversation);
+        ok = co_await out.Send("", "reset",
+                               R"({"reason":"the last event id is no longer retained; reload )"
+                               R"(the conversation"})");
+      }
+    }
+    if (ok) ok = co_await out.Comment("connected");
+    auto last_write = Clock::now();
+    while (ok && !out.stopping()) {
+      // A named vector, not a temporary in the range-for: the loop suspends.
+      const std::vector<HubEvent> batch = hub.Since(conversation, position);
+      for (const HubEvent& e : batch) {
+        ok = co_await out.Send(e.id, e.type, e.data);
+        if (!ok) break;
+        position = e.index;
+        last_write = Clock::now();
+      }
+      if (!ok || out.stopping()) break;
+      if (Clock::now() - last_write >= options.heartbeat) {
+        ok = co_await out.Comment("keep-alive");
+        last_write = Clock::now();
+        continue;
+      }
+      co_await out.Wait(options.heartbeat);
+    }
+    hub.Unsubscribe(conversation, subscription);
+  }
+
+  // On the queue's thread: hands each event to the hub; finals and errors are stored (off the
+  // queue's thread) before they are acked.
+  void OnEvents(std::vector<queue::Delivery> deliveries) {
+    std::vector<std::string> ack_now;
+    for (auto& d : deliveries) {
+      {
+        std::lock_guard lock(mu);
+        ++stats.events_received;
+      }
+      boost::system::error_code ec;
+      json::value parsed = json::parse(d.message.data, ec);
+      if (ec || !parsed.is_object()) {
+        ack_now.push_back(d.ack_id);  // not an event of ours
+        continue;
+      }
+      const json::object& e = parsed.get_object();
+      auto str = [&e](const char* key) {
+        const json::value* v = e.if_contains(key);
+        return v != nullptr && v->is_string() ? std::string(v->get_string()) : std::string();
+      };
+      const std::string conversation = str("conversation_id");
+      const std::string type = str("type");
+      if (conversation.empty() || type.empty()) {
+        ack_now.push_back(d.ack_id);
+        continue;
+      }
+      hub.Add(conversation, str("id"), type, d.message.data);
+      if (type != "final" && type != "error") {
+        ack_now.push_back(d.ack_id);
+        continue;
+      }
+      store::StoredMessage reply;
+      reply.request_id = str("request_id");
+      reply.id = reply.request_id + "/reply";
+      reply.conversation_id = conversation;
+      reply.role = type == "final" ? store::Role::kAssistant : store::Role::kError;
+      reply.text = type == "final" ? str("text") : str("message");
+      if (const json::value* cards = e.if_contains("cards");
+          cards != nullptr && cards->is_object() && !cards->get_object().empty()) {
+        reply.cards_json = json::serialize(*cards);
+      }
+      reply.created_micros = NowMicros();
+      asio::post(blocking, [this, reply, ack = d.ack_id] {
+        auto stored = store->AddReply(reply);
+        if (stored.ok() || stored.status().code() == StatusCode::kNotFound ||
+            stored.status().code() == StatusCode::kInvalidArgument) {
+          if (stored.ok() && *stored) Count(&WebStats::replies_stored);
+          if (events) events->Ack({ack}, nullptr);
+        } else if (events) {
+          events->Nack({ack}, std::chrono::seconds(1), nullptr);  // the store is down: later
+        }
+      });
+    }
+    if (!ack_now.empty() && events) events->Ack(std::move(ack_now), nullptr);
+  }
+
+  Status StartEvents() {
+    TP_RETURN_IF_ERROR(queue->EnsureTopic(options.events_topic));
+    queue::SubscriptionSpec sub{.name = options.events_subscription, .topic = options.events_topic};
+    sub.ack_deadline_seconds = 30;
+    sub.enable_message_ordering = true;
+    TP_RETURN_IF_ERROR(queue->EnsureSubscription(sub));
+    queue::StreamOptions stream_options;
+    stream_options.flow.max_outstanding_messages = 10'000;
+    stream_options.stream_ack_deadline_seconds = 30;
+    auto stream = queue->Subscribe(
+        options.events_subscription, stream_options,
+        [this](std::vector<queue::Delivery> d) { OnEvents(std::move(d)); },
+        [this](Status error) {
+          events_ok = false;
+          std::fprintf(stderr, "web: events stream ended: %s\n", error.ToString().c_str());
+        });
+    if (!stream.ok()) return stream.status();
+    events = std::move(stream).value();
+    events_ok = true;
+    return Status::Ok();
+  }
+
+  // Publishes what a crash left stored but unpublished.
+  void Sweep() {
+    std::unique_lock lock(sweeper_mu);
+    while (!stopping.load()) {
+      sweeper_cv.wait_for(lock, kSweepEvery, [this] { return stopping.load(); });
+      if (stopping.load()) return;
+      hub.Sweep();
+      const int64_t before =
+          NowMicros() -
+          std::chrono::duration_cast<std::chrono::microseconds>(kUnpublishedAfter).count();
+      auto pending = store->Unpublished(before, 100);
+      if (!pending.ok()) continue;
+      for (const auto& m : *pending) {
+        auto conversation = store->GetConversation(m.conversation_id);
+        if (!conversation.ok() || !conversation->has_value()) continue;
+        auto app = apps.find((*conversation)->app);
+        if (app == apps.end()) continue;
+        auto history = store->History(m.conversation_id, options.history_limit + 1);
+        std::vector<store::StoredMessage> turns;
+        if (history.ok()) turns = std::move(history).value();
+        std::promise<Status> done;
+        queue::Message message{.data = RequestData(m, turns)};
+        message.attributes = {{"app", app->first}, {"conversation_id", m.conversation_id}};
+        publishers.at(app->first)->Publish(std::move(message), [&done](Result<std::string> id) {
+          done.set_value(id.status());
+        });
+        if (done.get_future().get().ok() && store->MarkPublished(m.id).ok()) {
+          Count(&WebStats::republished);
+        }
+      }
+    }
+  }
+
+  // ---- operations
+
+  asio::awaitable<HttpResponse> Ready(HttpRequest&) {
+    auto probe = [this] { return store->Ping(); };
+    Status ping = co_await Offload(blocking, std::move(probe));
+    if (!ping.ok()) co_return JsonError(503, "store: " + ping.message());
+    if (!events_ok.load()) co_return JsonError(503, "the events stream is not open");
+    co_return Json(200, R"({"status":"ready"})");
+  }
+
+  std::string Metrics() const {
+    WebStats s;
+    {
+      std::lock_guard lock(mu);
+      s = stats;
+    }
+    std::ostringstream out;
+    auto counter = [&out](const char* name, const char* help, uint64_t value) {
+      out << "# HELP " << name << " " << help << "\n# TYPE " << name << " counter\n"
+          << name << " " << value << "\n";
+    };
+    counter("tidepool_web_messages_accepted_total", "Messages stored, published, answered 202.",
+            s.messages_accepted);
+    counter("tidepool_web_messages_replayed_total", "Retries answered from an Idempotency-Key.",
+            s.messages_replayed);
+    counter("tidepool_web_publish_failures_total", "Messages stored whose publish failed.",
+            s.publish_failures);
+    counter("tidepool_web_republished_total", "Stored messages published by the sweeper.",
+            s.republished);
+    counter("tidepool_web_events_received_total", "Pipeline events read from the events topic.",
+            s.events_received);
+    counter("tidepool_web_replies_stored_total", "Final replies stored (once per request).",
+            s.replies_stored);
+    counter("tidepool_web_rate_limited_total", "Requests refused by the rate limit.",
+            s.rate_limited);
+    out << "# HELP tidepool_web_hub_conversations Conversations with retained events.\n"
+        << "# TYPE tidepool_web_hub_conversations gauge\n"
+        << "tidepool_web_hub_conversations " << hub.conversations() << "\n";
+    out << server->MetricsText();
+    if (options.extra_metrics) out << options.extra_metrics();
+    return out.str();
+  }
+
+  asio::awaitable<HttpResponse> Static(HttpRequest& r) {
+    if (options.ui_dir.empty()) co_return JsonError(404, "no UI is served here");
+    std::string path = r.path;
+    if (path == "/" || path.empty()) path = "/index.html";
+    if (path == "/dashboard") path = "/dashboard.html";
+    if (path.starts_with("/apps/") && path.find('.') == std::string::npos) path = "/app.html";
+    // No way out of the UI directory: no "..", no backslashes, no NUL, and the resolved path
+    // must stay under it.
+    if (path.find("..") != std::string::npos || path.find('\\') != std::string::npos ||
+        path.find('\0') != std::string::npos) {
+      co_return JsonError(400, "bad path");
+    }
+    std::error_code ec;
+    const auto root = std::filesystem::weakly_canonical(options.ui_dir, ec);
+    const auto file = std::filesystem::weakly_canonical(root / path.substr(1), ec);
+    if (ec || file.string().rfind(root.string() + "/", 0) != 0 ||
+        !std::filesystem::is_regular_file(file)) {
+      co_return JsonError(404, "no such file: " + r.path);
+    }
+    std::ifstream in(file, std::ios::binary);
+    std::stringstream content;
+    content << in.rdbuf();
+    static const std::map<std::string, std::string> kTypes = {
+        {".html", "text/html; charset=utf-8"},
+        {".js", "text/javascript; charset=utf-8"},
+        {".css", "text/css; charset=utf-8"},
+        {".svg", "image/svg+xml"},
+        {".png", "image/png"},
+        {".json", "application/json"},
+        {".ico", "image/x-icon"}};
+    auto type = kTypes.find(file.extension().string());
+    HttpResponse response{
+        .status = 200,
+        .content_type = type == kTypes.end() ? "application/octet-stream" : type->second,
+        .body = content.str()};
+    response.headers.emplace_back("Cache-Control", "no-cache");
+    response.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    co_return response;
+  }
+};
+
+WebService::WebService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+WebService::~WebService() {
+  Stop(std::chrono::milliseconds(0));
+}
+
+Result<std::unique_ptr<WebService>> WebService::Start(WebOptions options, store::Store* store,
+                                                      queue::Queue* queue) {
+  auto impl = std::make_unique<Impl>();
+  Impl& s = *impl;
+  s.options = std::move(options);
+  s.store = store;
+  s.queue = queue;
+  for (const AppInfo& app : s.options.apps) {
+    TP_RETURN_IF_ERROR(queue->EnsureTopic(app.request_topic));
+    if (app.request_subscription) {
+      if (!app.request_subscription->dead_letter_topic.empty()) {
+        TP_RETURN_IF_ERROR(queue->EnsureTopic(app.request_subscription->dead_letter_topic));
+      }
+      TP_RETURN_IF_ERROR(queue->EnsureSubscription(*app.request_subscription));
+    }
+    s.apps[app.name] = app;
+    s.publishers[app.name] = std::make_unique<queue::Publisher>(*queue, app.request_topic);
+  }
+  if (!s.options.cors_origin.empty()) {
+    s.options.http.headers.emplace_back("Access-Control-Allow-Origin", s.options.cors_origin);
+  }
+  TP_ASSIGN_OR_RETURN(s.server, HttpServer::Create(s.options.http));
+  HttpServer& http = *s.server;
+  Impl* self = &s;
+  http.SetFilter([self](const HttpRequest& r) { return self->Filter(r); });
+  http.Route("GET", "/v1/apps", [self](HttpRequest& r) { return self->ListApps(r); });
+  http.Route("POST", "/v1/apps/{app}/conversations",
+             [self](HttpRequest& r) { return self->CreateConversation(r); });
+  http.Route("GET", "/v1/apps/{app}/conversations/{id}",
+             [self](HttpRequest& r) { return self->GetConversation(r); });
+  http.Route("POST", "/v1/apps/{app}/conversations/{id}/messages",
+             [self](HttpRequest& r) { return self->PostMessage(r); });
+  http.Stream("GET", "/v1/apps/{app}/conversations/{id}/events",
+              [self](HttpRequest& r, SseWriter& w, HttpResponse& refusal) {
+                return self->StreamEvents(r, w, refusal);
+              });
+  http.Route("GET", "/healthz", [](HttpRequest&) -> asio::awaitable<HttpResponse> {
+    co_return Json(200, R"({"status":"ok"})");
+  });
+  http.Route("GET", "/readyz", [self](HttpRequest& r) { return self->Ready(r); });
+  http.Route("GET", "/metrics", [self](HttpRequest&) -> asio::awaitable<HttpResponse> {
+    co_return HttpResponse{
+        .status = 200, .content_type = "text/plain; version=0.0.4", .body = self->Metrics()};
+  });
+  http.Route("GET", "/v1/dashboard", [self](HttpRequest&) -> asio::awaitable<HttpResponse> {
+    if (!self->options.dashboard_json) co_return JsonError(404, "no dashboard data here");
+    co_return Json(200, self->options.dashboard_json());
+  });
+  http.Prefix("/", [self](HttpRequest& r) { return self->Static(r); });
+  TP_RETURN_IF_ERROR(s.StartEvents());
+  TP_RETURN_IF_ERROR(http.Start());
+  s.sweeper = std::thread([self] { self->Sweep(); });
+  return std::unique_ptr<WebService>(new WebService(std::move(impl)));
+}
+
+void WebService::Stop(std::chrono::milliseconds grace) {
+  Impl& s = *impl_;
+  if (s.stopping.exchange(true)) return;
+  s.sweeper_cv.notify_all();
+  if (s.sweeper.joinable()) s.sweeper.join();
+  s.server->Stop(grace);
+  if (s.events) s.events->StopPulling();
+  s.blocking.join();  // replies being stored are stored and acked
+  if (s.events) s.events->Close();
+  s.publishers.clear();  // flushes
+  s.events.reset();
+}
+
+int WebService::port() const {
+  return impl_->server->port();
+}
+
+WebStats WebService::stats() const {
+  std::lock_guard lock(impl_->mu);
+  return impl_->stats;
+}
+
+std::string WebService::MetricsText() const {
+  return impl_->Metrics();
+}
+
+}  // namespace tidepool::web

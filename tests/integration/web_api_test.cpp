@@ -1,0 +1,499 @@
+// The web tier's API end to end in one process: an embedded broker, the SQLite store, the web
+// service on a real socket, and a pipeline worker (the subscriber runtime running the Scent
+// Advisor against an in-process llm-sim). Every status path, idempotency, event streams and
+// their resumption after a reconnect.
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "broker/broker.h"
+#include "llm/sim/llm_sim.h"
+#include "pipeline/app.h"
+#include "pipeline/ledger.h"
+#include "pipeline/runner.h"
+#include "queue/queue.h"
+#include "storage/test_util.h"
+#include "store/store.h"
+#include "web/service.h"
+#include "worker/runtime.h"
+
+namespace tidepool::web {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace json = boost::json;
+using tcp = asio::ip::tcp;
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+struct Reply {
+  int status = 0;
+  std::map<std::string, std::string> headers;
+  std::string body;
+  json::value Json() const {
+    boost::system::error_code ec;
+    json::value v = json::parse(body, ec);
+    return ec ? json::value() : v;
+  }
+};
+
+// One HTTP exchange on a fresh connection.
+Reply Call(int port, const std::string& method, const std::string& target,
+           const std::string& body = "", std::map<std::string, std::string> headers = {}) {
+  asio::io_context io;
+  tcp::socket socket(io);
+  socket.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)));
+  http::request<http::string_body> req{http::string_to_verb(method), target, 11};
+  req.set(http::field::host, "127.0.0.1");
+  if (!body.empty() && !headers.contains("Content-Type")) {
+    req.set(http::field::content_type, "application/json");
+  }
+  for (const auto& [k, v] : headers) req.set(k, v);
+  req.body() = body;
+  req.prepare_payload();
+  http::write(socket, req);
+  beast::flat_buffer buffer;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(16 << 20);
+  http::read(socket, buffer, parser);
+  Reply r;
+  r.status = static_cast<int>(parser.get().result_int());
+  for (const auto& f : parser.get())
+    r.headers[std::string(f.name_string())] = std::string(f.value());
+  r.body = parser.get().body();
+  return r;
+}
+
+struct SseEvent {
+  std::string id;
+  std::string type;
+  std::string data;
+};
+
+// Reads a Server-Sent Events stream until `stop` says so or `timeout` passes.
+class SseClient {
+ public:
+  SseClient(int port, const std::string& target, const std::string& last_event_id = "")
+      : socket_(io_) {
+    socket_.connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), static_cast<uint16_t>(port)));
+    timeval tv{.tv_sec = 0, .tv_usec = 200'000};
+    ::setsockopt(socket_.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    std::string request =
+        "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n";
+    if (!last_event_id.empty()) request += "Last-Event-ID: " + last_event_id + "\r\n";
+    request += "\r\n";
+    asio::write(socket_, asio::buffer(request));
+  }
+
+  template <typename Pred>
+  bool ReadUntil(Pred stop, std::chrono::milliseconds timeout) {
+    const auto end = Clock::now() + timeout;
+    while (Clock::now() < end) {
+      if (stop(events)) return true;
+      char chunk[4096];
+      const ssize_t n = ::recv(socket_.native_handle(), chunk, sizeof(chunk), 0);
+      if (n == 0) return stop(events);  // closed
+      if (n < 0) continue;              // timeout: look again
+      buffer_.append(chunk, static_cast<size_t>(n));
+      Parse();
+    }
+    return stop(events);
+  }
+
+  int status() const { return status_; }
+  std::vector<SseEvent> events;
+
+ private:
+  void Parse() {
+    if (status_ == 0) {
+      const size_t end = buffer_.find("\r\n\r\n");
+      if (end == std::string::npos) return;
+      status_ = std::stoi(buffer_.substr(9, 3));
+      buffer_.erase(0, end + 4);
+    }
+    size_t block;
+    while ((block = buffer_.find("\n\n")) != std::string::npos) {
+      const std::string text = buffer_.substr(0, block);
+      buffer_.erase(0, block + 2);
+      SseEvent e;
+      bool any = false;
+      size_t start = 0;
+      while (start <= text.size()) {
+        size_t nl = text.find('\n', start);
+        const std::string line = text.substr(start, nl == std::string::npos ? nl : nl - start);
+        if (line.starts_with("id: ")) e.id = line.substr(4), any = true;
+        if (line.starts_with("event: ")) e.type = line.substr(7), any = true;
+        if (line.starts_with("data: ")) e.data += line.substr(6), any = true;
+        if (nl == std::string::npos) break;
+        start = nl + 1;
+      }
+      if (any) events.push_back(std::move(e));
+    }
+  }
+
+  asio::io_context io_;
+  tcp::socket socket_;
+  std::string buffer_;
+  int status_ = 0;
+};
+
+bool HasType(const std::vector<SseEvent>& events, const std::string& type) {
+  return std::any_of(events.begin(), events.end(),
+                     [&](const SseEvent& e) { return e.type == type; });
+}
+
+class WebApiTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    broker::BrokerOptions bo;
+    bo.data_dir = dir_.sub("broker");
+    auto broker = broker::Broker::Open(bo);
+    ASSERT_TRUE(broker.ok()) << broker.status().ToString();
+    broker_ = std::move(broker).value();
+    auto queue = queue::OpenQueue({.backend = "embedded", .broker = broker_.get()});
+    ASSERT_TRUE(queue.ok());
+    queue_ = std::move(queue).value();
+    auto store = store::OpenSqliteStore(dir_.sub("web.db"));
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    store_ = std::move(store).value();
+    llm::sim::SimOptions so;
+    so.threads = 1;
+    so.ttft = llm::sim::TtftModel::Fixed(100);
+    so.tokens_per_second = 60;  // 40 tokens in ~0.7 s: a stream to cut in the middle
+    so.output_tokens_min = so.output_tokens_max = 40;
+    auto sim = llm::sim::LlmSim::Start(so);
+    ASSERT_TRUE(sim.ok());
+    sim_ = std::move(sim).value();
+    for (const std::string name : {"scent-advisor", "gift-concierge"}) {
+      auto spec =
+          pipeline::LoadApp(std::string(TIDEPOOL_SOURCE_DIR) + "/apps/" + name + "/app.yaml");
+      ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+      specs_.push_back(std::move(spec).value());
+    }
+  }
+
+  void TearDown() override {
+    if (service_) service_->Stop(1s);
+    service_.reset();
+    if (runtime_) runtime_->Drain();
+    if (worker_.joinable()) worker_.join();
+    // The LLM client lives on the runtime's io_context: it goes first.
+    pipeline_.reset();
+    llm_.reset();
+    runtime_.reset();
+    events_.reset();
+  }
+
+  WebOptions Options() {
+    WebOptions o;
+    o.http.listen = "127.0.0.1:0";
+    o.http.threads = 2;
+    for (const auto& spec : specs_) {
+      o.apps.push_back(AppInfo{.name = spec.name,
+                               .title = spec.title,
+                               .description = spec.description,
+                               .greeting = spec.greeting,
+                               .examples = spec.examples,
+                               .request_topic = spec.request_topic,
+                               .request_subscription = pipeline::RequestSubscription(spec),
+                               .api_keys = {}});
+    }
+    o.rate_per_second = 1000;
+    o.rate_burst = 1000;
+    o.heartbeat = 1s;
+    return o;
+  }
+
+  void StartWeb(WebOptions o) {
+    auto service = WebService::Start(std::move(o), store_.get(), queue_.get());
+    ASSERT_TRUE(service.ok()) << service.status().ToString();
+    service_ = std::move(service).value();
+    port_ = service_->port();
+  }
+
+  // The Scent Advisor's worker: the runtime and the pipeline, in process.
+  void StartWorker() {
+    const pipeline::AppSpec& app = specs_[1].name == "scent-advisor" ? specs_[1] : specs_[0];
+    events_ = std::make_unique<pipeline::QueueEventSink>(*queue_, app.events_topic);
+    worker::RuntimeOptions ro;
+    ro.subscription = app.request_subscription;
+    ro.flow.max_outstanding_messages = 100;
+    ro.grace_period = 2s;
+    runtime_ = std::make_unique<worker::Runtime>(
+        *queue_, ro, [this, app](const queue::Delivery& d) -> asio::awaitable<Status> {
+          if (!pipeline_) {
+            auto executor = co_await asio::this_coro::executor;
+            std::call_once(once_, [&] {
+              llm::ProviderOptions provider;
+              provider.base_url = sim_->base_url();
+              auto& context =
+                  static_cast<asio::io_context&>(asio::query(executor, asio::execution::context));
+              llm_ = std::move(llm::LlmClient::Create(context.get_executor(), provider)).value();
+              pipeline_ = std::move(pipeline::Pipeline::Create(
+                                        app, pipeline::PipelineDeps{.llm = llm_.get(),
+                                                                    .events = events_.get(),
+                                                                    .ledger = &ledger_,
+                                                                    .tools = nullptr,
+                                                                    .log_prefix = "[worker] "}))
+                              .value();
+            });
+          }
+          co_return co_await pipeline_->Handle(d);
+        });
+    worker_ = std::thread([this] { (void)runtime_->Run(); });
+  }
+
+  std::string NewConversation(const std::string& app = "scent-advisor") {
+    Reply r = Call(port_, "POST", "/v1/apps/" + app + "/conversations");
+    EXPECT_EQ(r.status, 201) << r.body;
+    return std::string(r.Json().at("id").as_string());
+  }
+
+  std::string Base(const std::string& conversation, const std::string& app = "scent-advisor") {
+    return "/v1/apps/" + app + "/conversations/" + conversation;
+  }
+
+  Reply Post(const std::string& conversation, const std::string& text,
+             std::map<std::string, std::string> headers = {}) {
+    return Call(port_, "POST", Base(conversation) + "/messages",
+                json::serialize(json::object{{"text", text}}), std::move(headers));
+  }
+
+  json::array History(const std::string& conversation) {
+    Reply r = Call(port_, "GET", Base(conversation));
+    EXPECT_EQ(r.status, 200) << r.body;
+    return r.Json().at("messages").as_array();
+  }
+
+  bool WaitForReplies(const std::string& conversation, size_t replies, std::chrono::seconds t) {
+    const auto end = Clock::now() + t;
+    while (Clock::now() < end) {
+      size_t n = 0;
+      for (const auto& m : History(conversation)) n += m.at("role").as_string() != "user";
+      if (n >= replies) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
+  storage::testing::TempDir dir_;
+  std::unique_ptr<broker::Broker> broker_;
+  std::unique_ptr<queue::Queue> queue_;
+  std::unique_ptr<store::Store> store_;
+  std::unique_ptr<llm::sim::LlmSim> sim_;
+  std::vector<pipeline::AppSpec> specs_;
+  std::unique_ptr<WebService> service_;
+  int port_ = 0;
+  std::once_flag once_;
+  std::unique_ptr<llm::LlmClient> llm_;
+  std::unique_ptr<pipeline::QueueEventSink> events_;
+  pipeline::MemoryLedger ledger_;
+  std::unique_ptr<pipeline::Pipeline> pipeline_;
+  std::unique_ptr<worker::Runtime> runtime_;
+  std::thread worker_;
+};
+
+TEST_F(WebApiTest, AppsAndConversationsAnswerEveryStatusPath) {
+  StartWeb(Options());
+  Reply apps = Call(port_, "GET", "/v1/apps");
+  ASSERT_EQ(apps.status, 200);
+  const json::value apps_json = apps.Json();
+  const json::array& list = apps_json.at("apps").as_array();
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_FALSE(list[0].at("greeting").as_string().empty());
+
+  EXPECT_EQ(Call(port_, "POST", "/v1/apps/nope/conversations").status, 404);
+  Reply created = Call(port_, "POST", "/v1/apps/scent-advisor/conversations");
+  ASSERT_EQ(created.status, 201);
+  const std::string id(created.Json().at("id").as_string());
+  EXPECT_EQ(created.headers["Location"], Base(id));
+  Reply got = Call(port_, "GET", Base(id));
+  EXPECT_EQ(got.status, 200);
+  EXPECT_TRUE(got.Json().at("messages").as_array().empty());
+  EXPECT_EQ(Call(port_, "GET", Base("c-unknown")).status, 404);
+  EXPECT_EQ(Call(port_, "GET", Base(id, "gift-concierge")).status, 404) << "another app's";
+  EXPECT_EQ(Call(port_, "GET", Base("bad%20id")).status, 400);
+  EXPECT_EQ(Call(port_, "GET", Base(id) + "?limit=0").status, 400);
+  EXPECT_EQ(Call(port_, "GET", "/v1/nothing").status, 404);
+  Reply wrong_method = Call(port_, "DELETE", "/v1/apps");
+  EXPECT_EQ(wrong_method.status, 405);
+  EXPECT_EQ(wrong_method.Json().at("error").at("code").as_int64(), 405);
+  EXPECT_FALSE(wrong_method.Json().at("error").at("message").as_string().empty());
+  EXPECT_EQ(Call(port_, "GET", "/healthz").status, 200);
+  EXPECT_EQ(Call(port_, "GET", "/readyz").status, 200);
+  const Reply metrics = Call(port_, "GET", "/metrics");
+  EXPECT_NE(metrics.body.find("tidepool_web_request_duration_seconds_bucket{route=\"GET "
+                              "/v1/apps/{app}/conversations/{id}\""),
+            std::string::npos)
+      << metrics.body;
+}
+
+TEST_F(WebApiTest, BadMessagesGetClearErrorsAndStoreNothing) {
+  StartWeb(Options());
+  const std::string id = NewConversation();
+  const std::string target = Base(id) + "/messages";
+  struct Case {
+    std::string body;
+    std::map<std::string, std::string> headers;
+    int status;
+  };
+  const std::vector<Case> cases = {
+      {R"({"text": "hi"})", {{"Content-Type", "text/plain"}}, 415},
+      {"not json", {}, 400},
+      {R"({"words": "hi"})", {}, 400},
+      {R"({"text": 5})", {}, 400},
+      {R"({"text": "   "})", {}, 400},
+      {"{\"text\": \"caf\xff\"}", {}, 400},
+      {json::serialize(json::object{{"text", std::string(33 * 1024, 'a')}}), {}, 413},
+      {json::serialize(json::object{{"text", std::string(70 * 1024, 'a')}}), {}, 413},
+      {R"({"text": "hi"})", {{"Idempotency-Key", std::string(201, 'k')}}, 400},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.body.substr(0, 40));
+    Reply r = Call(port_, "POST", target, c.body, c.headers);
+    EXPECT_EQ(r.status, c.status) << c.body.substr(0, 40) << " → " << r.body;
+    if (r.status != 413 || r.body.find("error") != std::string::npos) {
+      EXPECT_TRUE(r.Json().is_object()) << r.body;
+    }
+  }
+  EXPECT_EQ(Call(port_, "POST", Base("c-missing") + "/messages", R"({"text": "hi"})").status, 404);
+  EXPECT_TRUE(History(id).empty()) << "a refused message was stored";
+}
+
+TEST_F(WebApiTest, AMessageIsAnsweredOnceAndARetriedPostPublishesNothingNew) {
+  StartWeb(Options());
+  StartWorker();
+  const std::string id = NewConversation();
+  const std::map<std::string, std::string> key = {{"Idempotency-Key", "send-1"}};
+  Reply first = Post(id, "Something fresh and citrusy for summer, under $90", key);
+  ASSERT_EQ(first.status, 202) << first.body;
+  const std::string message_id(first.Json().at("message_id").as_string());
+  Reply again = Post(id, "Something fresh and citrusy for summer, under $90", key);
+  ASSERT_EQ(again.status, 202);
+  EXPECT_EQ(again.Json().at("message_id").as_string(), message_id);
+  EXPECT_EQ(again.headers["Idempotent-Replayed"], "true");
+
+  ASSERT_TRUE(WaitForReplies(id, 1, 30s));
+  std::this_thread::sleep_for(500ms);  // a second reply, if one were coming
+  const json::array history = History(id);
+  ASSERT_EQ(history.size(), 2u) << json::serialize(history);
+  EXPECT_EQ(history[0].at("role").as_string(), "user");
+  EXPECT_EQ(history[0].at("id").as_string(), message_id);
+  EXPECT_EQ(history[1].at("role").as_string(), "assistant");
+  EXPECT_EQ(history[1].at("request_id").as_string(), message_id);
+  EXPECT_EQ(history[1].at("cards").at("recommendations").at("results").as_array().size(), 3u);
+  EXPECT_EQ(service_->stats().messages_accepted, 1u);
+  EXPECT_EQ(service_->stats().messages_replayed, 1u);
+  EXPECT_EQ(pipeline_->stats().requests.load(), 1u) << "the retry was published";
+}
+
+TEST_F(WebApiTest, TheEventStreamShowsProgressTokensCardsAndTheFinal) {
+  StartWeb(Options());
+  StartWorker();
+  const std::string id = NewConversation();
+  SseClient stream(port_, Base(id) + "/events");
+  ASSERT_EQ(Post(id, "A warm woody scent for winter evenings, no vanilla").status, 202);
+  ASSERT_TRUE(stream.ReadUntil([](const auto& e) { return HasType(e, "final"); }, 30s));
+  EXPECT_EQ(stream.status(), 200);
+  for (const char* type : {"started", "step_started", "token", "tool_result", "step_finished"}) {
+    EXPECT_TRUE(HasType(stream.events, type)) << type;
+  }
+  std::set<std::string> ids;
+  for (const auto& e : stream.events) {
+    EXPECT_TRUE(ids.insert(e.id).second) << "duplicate " << e.id;
+    EXPECT_TRUE(json::parse(e.data).is_object());
+  }
+}
+
+TEST_F(WebApiTest, AReconnectWithLastEventIdResumesWithNoGapAndNoDuplicate) {
+  StartWeb(Options());
+  StartWorker();
+  const std::string id = NewConversation();
+  ASSERT_EQ(Post(id, "Something fresh and citrusy for the office").status, 202);
+  std::vector<SseEvent> seen;
+  {
+    SseClient first(port_, Base(id) + "/events");
+    ASSERT_TRUE(first.ReadUntil([](const auto& e) { return HasType(e, "token"); }, 30s));
+    seen = first.events;  // cut mid-stream
+  }
+  ASSERT_FALSE(HasType(seen, "final")) << "the reply ended before the cut; nothing tested";
+  SseClient second(port_, Base(id) + "/events", seen.back().id);
+  ASSERT_TRUE(second.ReadUntil([](const auto& e) { return HasType(e, "final"); }, 30s));
+  for (const auto& e : second.events) seen.push_back(e);
+  // The whole stream, read from the start once the reply is done: the same events in order.
+  SseClient whole(port_, Base(id) + "/events");
+  ASSERT_TRUE(whole.ReadUntil([](const auto& e) { return HasType(e, "final"); }, 10s));
+  ASSERT_EQ(seen.size(), whole.events.size());
+  for (size_t i = 0; i < seen.size(); ++i) EXPECT_EQ(seen[i].id, whole.events[i].id) << i;
+
+  SseClient stale(port_, Base(id) + "/events", "m-gone/run/1");
+  ASSERT_TRUE(stale.ReadUntil([](const auto& e) { return !e.empty(); }, 5s));
+  EXPECT_EQ(stale.events.front().type, "reset");
+  SseClient missing(port_, Base("c-missing") + "/events");
+  missing.ReadUntil([](const auto&) { return false; }, 300ms);
+  EXPECT_EQ(missing.status(), 404);
+}
+
+TEST_F(WebApiTest, RateLimitsApiKeysAndCors) {
+  WebOptions o = Options();
+  o.rate_per_second = 1;
+  o.rate_burst = 3;
+  o.cors_origin = "https://shop.example";
+  o.apps[1].api_keys = {"secret-key"};
+  const std::string keyed = o.apps[1].name;
+  StartWeb(std::move(o));
+  const std::string other = keyed == "scent-advisor" ? "gift-concierge" : "scent-advisor";
+  EXPECT_EQ(Call(port_, "POST", "/v1/apps/" + keyed + "/conversations").status, 401);
+  EXPECT_EQ(
+      Call(port_, "POST", "/v1/apps/" + keyed + "/conversations", "", {{"X-API-Key", "wrong"}})
+          .status,
+      403);
+  // The three calls above and below spend the burst of 3.
+  Reply ok = Call(port_, "POST", "/v1/apps/" + keyed + "/conversations", "",
+                  {{"Authorization", "Bearer secret-key"}});
+  EXPECT_EQ(ok.status, 201) << ok.body;
+  EXPECT_EQ(ok.headers["Access-Control-Allow-Origin"], "https://shop.example");
+  Reply limited = Call(port_, "POST", "/v1/apps/" + other + "/conversations");
+  EXPECT_EQ(limited.status, 429) << limited.body;
+  EXPECT_FALSE(limited.headers["Retry-After"].empty());
+  Reply preflight = Call(port_, "OPTIONS", "/v1/apps/" + other + "/conversations");
+  EXPECT_EQ(preflight.status, 204);
+  EXPECT_NE(preflight.headers["Access-Control-Allow-Headers"].find("Idempotency-Key"),
+            std::string::npos);
+}
+
+TEST_F(WebApiTest, StaticFilesStayInsideTheUiDirectory) {
+  const std::string ui = dir_.sub("ui");
+  std::filesystem::create_directories(ui);
+  std::ofstream(ui + "/index.html") << "<h1>apps</h1>";
+  std::ofstream(ui + "/app.html") << "<h1>chat</h1>";
+  std::ofstream(dir_.sub("secret.txt")) << "secret";
+  WebOptions o = Options();
+  o.ui_dir = ui;
+  StartWeb(std::move(o));
+  EXPECT_EQ(Call(port_, "GET", "/").body, "<h1>apps</h1>");
+  Reply chat = Call(port_, "GET", "/apps/scent-advisor");
+  EXPECT_EQ(chat.body, "<h1>chat</h1>");
+  EXPECT_EQ(chat.headers["Content-Type"], "text/html; charset=utf-8");
+  EXPECT_NE(Call(port_, "GET", "/../secret.txt").status, 200);
+  EXPECT_NE(Call(port_, "GET", "/%2e%2e/secret.txt").status, 200);
+  EXPECT_EQ(Call(port_, "GET", "/missing.js").status, 404);
+}
+
+}  // namespace
+}  // namespace tidepool::web
