@@ -54,9 +54,12 @@ constexpr std::chrono::milliseconds kHalfCloseWait{5'000};
 constexpr int kMinStreamAckDeadline = broker::kMinAckDeadlineSeconds;
 constexpr int kMaxStreamAckDeadline = broker::kMaxAckDeadlineSeconds;
 // A Pull is reissued while at least this much of its max_wait is left (the server may answer
-// empty before the client's wait is over; a tidepool broker answers 100 ms before the call's
-// deadline, so that less than that is not worth another call).
-constexpr std::chrono::milliseconds kMinPullRetryWait{150};
+// empty before the client's wait is over).
+constexpr std::chrono::milliseconds kMinPullRetryWait{20};
+// The call's deadline is this much after the caller's max_wait: a tidepool broker answers
+// (empty) 100 ms before a call's deadline, so that the wait lasts max_wait and the answer
+// still arrives.
+constexpr std::chrono::milliseconds kPullDeadlineSlack{200};
 constexpr int kMaxPullMessages = static_cast<int>(broker::kMaxMessagesPerPublish);
 constexpr std::chrono::seconds kAdminTimeout{2};
 constexpr int kHttpVersion11 = 11;
@@ -580,7 +583,7 @@ class PubsubQueue final : public Queue {
     call->request.set_return_immediately(false);
     call->ctx.set_wait_for_ready(true);
     call->ctx.set_deadline(std::chrono::system_clock::now() +
-                           (deadline - std::chrono::steady_clock::now()));
+                           (deadline - std::chrono::steady_clock::now()) + kPullDeadlineSlack);
     client_->stub().async()->Pull(
         &call->ctx, &call->request, &call->response,
         [this, call, path, max_messages, deadline, cb = std::move(cb)](grpc::Status s) mutable {
