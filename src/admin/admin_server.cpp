@@ -114,7 +114,6 @@ std::map<std::string, std::string> ParseQuery(std::string_view query) {
   return out;
 }
 
-
 Response ErrorResponse(int http_status, const std::string& message) {
   boost::json::object error{{"code", http_status}, {"message", message}};
   return Response{http_status, "application/json",
