@@ -21,7 +21,6 @@ namespace json = boost::json;
 namespace {
 
 constexpr size_t kMaxNameLength = 63;
-constexpr size_t kMaxIdLength = 128;
 constexpr int kMaxRetries = 10;
 // Names the step context already uses; a step id may not shadow them.
 const std::set<std::string> kReservedIds = {"app",     "conversation_id", "request_id",
@@ -386,14 +385,6 @@ Result<std::string> ReadWholeFile(const std::string& path) {
 }
 
 }  // namespace
-
-bool IsValidId(std::string_view id) {
-  if (id.empty() || id.size() > kMaxIdLength) return false;
-  return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == ':' || c == '-';
-  });
-}
 
 Result<AppSpec> ParseApp(const std::string& yaml_text, const std::string& origin,
                          const std::string& dir) {

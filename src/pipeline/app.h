@@ -21,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include "common/request_limits.h"
 #include "common/status.h"
 #include "pipeline/template.h"
 
@@ -104,7 +105,7 @@ Result<AppSpec> ParseApp(const std::string& yaml_text, const std::string& origin
 // Reads and parses the file at `path`.
 Result<AppSpec> LoadApp(const std::string& path);
 
-// Request ids and conversation ids: 1–128 of [A-Za-z0-9._:-].
-bool IsValidId(std::string_view id);
+// Request ids and conversation ids (common/request_limits.h).
+using tidepool::IsValidId;
 
 }  // namespace tidepool::pipeline

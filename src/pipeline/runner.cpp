@@ -32,9 +32,7 @@ using std::chrono::milliseconds;
 
 namespace {
 
-constexpr size_t kMaxTextBytes = 32 * 1024;
 constexpr size_t kMaxHistoryMessages = 200;
-constexpr int64_t kMaxAttemptsShown = 1'000'000;
 
 std::string Str(const json::value& v) {
   return v.is_string() ? std::string(v.get_string()) : std::string();
@@ -104,7 +102,7 @@ Result<Request> ParseRequest(const queue::Delivery& delivery) {
   if (text == nullptr || !text->is_string() || text->get_string().empty()) {
     return Status::InvalidArgument("request: text is required (a non-empty string)");
   }
-  if (text->get_string().size() > kMaxTextBytes) {
+  if (text->get_string().size() > kMaxMessageTextBytes) {
     return Status::InvalidArgument("request: text is longer than 32 KiB");
   }
   r.text = std::string(text->get_string());

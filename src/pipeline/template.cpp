@@ -10,6 +10,7 @@
 #include <utility>
 
 #include <boost/json/array.hpp>
+#include <boost/json/serialize.hpp>
 #include <boost/json/string.hpp>
 
 namespace tidepool::pipeline {
@@ -126,42 +127,9 @@ size_t CountCodePoints(std::string_view s) {
 
 void AppendJson(const json::value& v, std::string& out);
 
+// A JSON string literal, escaped by Boost.JSON's serializer.
 void AppendQuoted(std::string_view s, std::string& out) {
-  out += '"';
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char escape[8];
-          std::snprintf(escape, sizeof escape, "\\u%04x", static_cast<unsigned>(c));
-          out += escape;
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
+  out += json::serialize(json::string(s));
 }
 
 void AppendDouble(double d, std::string& out) {

@@ -23,6 +23,7 @@
 #include <unordered_map>
 
 #include "common/await_callback.h"
+#include "common/request_limits.h"
 #include "web/hub.h"
 
 namespace tidepool::web {
@@ -34,7 +35,6 @@ using std::chrono::milliseconds;
 
 namespace {
 
-constexpr size_t kMaxTextBytes = 32 * 1024;
 constexpr size_t kMaxIdempotencyKey = 200;
 constexpr int kMaxHistoryLimit = 500;
 constexpr auto kSweepEvery = std::chrono::seconds(5);
@@ -58,15 +58,6 @@ std::string RandomId(const char* prefix, int hex_digits) {
     bits >>= 4;
   }
   return id;
-}
-
-// Conversation and message ids as the pipeline accepts them (1-128 of A-Z a-z 0-9 . _ : -).
-bool IsValidId(std::string_view id) {
-  if (id.empty() || id.size() > 128) return false;
-  return std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == ':' || c == '-';
-  });
 }
 
 json::object MessageJson(const store::StoredMessage& m) {
@@ -307,7 +298,7 @@ struct WebService::Impl {
     if (message_text.find_first_not_of(" \t\r\n") == std::string::npos) {
       co_return JsonError(400, "text is empty");
     }
-    if (message_text.size() > kMaxTextBytes) {
+    if (message_text.size() > kMaxMessageTextBytes) {
       co_return JsonError(413, "text is longer than 32 KiB");
     }
     if (!IsValidUtf8(message_text)) co_return JsonError(400, "text is not valid UTF-8");
