@@ -13,6 +13,7 @@
 #include "cli/commands.h"
 #include "cli/pool_runner.h"
 #include "cli/up_apps.h"
+#include "cli/up_config.h"
 #include "pubsub/server.h"
 #include "queue/queue.h"
 
@@ -20,20 +21,6 @@ namespace tidepool::cli {
 namespace {
 
 constexpr int64_t kShutdownGraceMicros = 10'000'000;
-
-struct BrokerFlags {
-  std::string data_dir = "tidepool-data";
-  std::string listen = "127.0.0.1:8085";  // the Pub/Sub API
-  std::string admin_listen = "127.0.0.1:8086";
-  int64_t stream_lifetime_seconds = 30 * 60;
-  // `up` only:
-  std::string config_path;                    // pools to run
-  std::string web_listen = "127.0.0.1:8080";  // the web tier (`up --listen`)
-  std::vector<std::string> apps;              // app specs; empty: apps/*/app.yaml
-  bool no_apps = false;                       // broker and pools only
-  std::string llm_base_url;                   // empty: run llm-sim
-  std::string llm_sim_listen = "127.0.0.1:8090";
-};
 
 // The address a local client uses for a server listening on `listen` (a wildcard host
 // becomes loopback) at `port`.
@@ -43,65 +30,9 @@ std::string LoopbackEndpoint(const std::string& listen, int port) {
   return host + ":" + std::to_string(port);
 }
 
-// Parses --data-dir and --listen (and their TIDEPOOL_* environment variables); false on an
-// unknown option, after saying which.
-bool ParseBrokerFlags(const char* cmd, const Args& args, BrokerFlags* flags) {
-  if (const char* env = std::getenv("TIDEPOOL_DATA_DIR")) flags->data_dir = env;
-  if (const char* env = std::getenv("TIDEPOOL_BROKER_LISTEN")) flags->listen = env;
-  if (const char* env = std::getenv("TIDEPOOL_BROKER_ADMIN_LISTEN")) flags->admin_listen = env;
-  if (const char* env = std::getenv("TIDEPOOL_CONFIG")) flags->config_path = env;
-  const bool up = std::string(cmd) == "up";
-  if (const char* env = std::getenv("TIDEPOOL_WEB_LISTEN"); env != nullptr && up) {
-    flags->web_listen = env;
-  }
-  if (const char* env = std::getenv("TIDEPOOL_LLM_BASE_URL"); env != nullptr && up) {
-    flags->llm_base_url = env;
-  }
-  for (size_t i = 0; i < args.size(); ++i) {
-    const bool has_value = i + 1 < args.size();
-    if (args[i] == "--data-dir" && has_value) {
-      flags->data_dir = args[++i];
-    } else if (args[i] == "--listen" && has_value) {
-      (up ? flags->web_listen : flags->listen) = args[++i];
-    } else if (args[i] == "--broker-listen" && has_value && up) {
-      flags->listen = args[++i];
-    } else if (args[i] == "--app" && has_value && up) {
-      flags->apps.push_back(args[++i]);
-    } else if (args[i] == "--no-apps" && up) {
-      flags->no_apps = true;
-    } else if (args[i] == "--llm-base-url" && has_value && up) {
-      flags->llm_base_url = args[++i];
-    } else if (args[i] == "--llm-sim-listen" && has_value && up) {
-      flags->llm_sim_listen = args[++i];
-    } else if (args[i] == "--config" && has_value && up) {
-      flags->config_path = args[++i];
-    } else if (args[i] == "--admin-listen" && has_value) {
-      flags->admin_listen = args[++i];
-    } else if (args[i] == "--stream-lifetime" && has_value) {
-      char* end = nullptr;
-      flags->stream_lifetime_seconds = std::strtoll(args[++i].c_str(), &end, 10);
-      if (*end != '\0' || flags->stream_lifetime_seconds <= 0) {
-        std::fprintf(stderr, "tidepool %s: --stream-lifetime takes a positive number of seconds\n",
-                     cmd);
-        return false;
-      }
-    } else {
-      std::fprintf(stderr,
-                   "tidepool %s: unknown option '%s' (known: --data-dir DIR, --listen HOST:PORT, "
-                   "--admin-listen HOST:PORT, --stream-lifetime SECONDS%s)\n",
-                   cmd, args[i].c_str(),
-                   up ? ", --broker-listen HOST:PORT, --config FILE, --app FILE, --no-apps, "
-                        "--llm-base-url URL, --llm-sim-listen HOST:PORT"
-                      : "");
-      return false;
-    }
-  }
-  return true;
-}
-
 // Runs the broker and its Pub/Sub API until SIGINT or SIGTERM, then stops accepting, finishes
 // in-flight calls, flushes and returns the exit code.
-int ServeBroker(const char* cmd, const BrokerFlags& flags) {
+int ServeBroker(const char* cmd, const UpConfig& flags) {
   // Block the stop signals before any thread starts, so that every thread inherits the mask
   // and only sigwait below sees them.
   sigset_t stop_signals;
@@ -118,7 +49,7 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
     return 1;
   }
   pubsub::ServerOptions server_options;
-  server_options.listen = flags.listen;
+  server_options.listen = flags.broker_listen;
   server_options.stream_lifetime_micros = flags.stream_lifetime_seconds * 1'000'000;
   auto server = pubsub::PubsubServer::Start(b->get(), server_options);
   if (!server.ok()) {
@@ -143,9 +74,10 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
     queue = std::move(*q);
     PoolRunnerOptions po;
     po.config_path = flags.config_path;
+    po.config_text = flags.config_text;
     po.queue = queue.get();
     po.data_dir = flags.data_dir;
-    po.pubsub_endpoint = LoopbackEndpoint(flags.listen, (*server)->port());
+    po.pubsub_endpoint = LoopbackEndpoint(flags.broker_listen, (*server)->port());
     auto started = StartPools(po);
     if (!started.ok()) {
       std::fprintf(stderr, "tidepool %s: %s\n", cmd, started.status().ToString().c_str());
@@ -155,15 +87,8 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
   }
   // The chat side (`up`): llm-sim, a worker pool per app, the web tier.
   std::optional<UpApps> apps;
-  if (std::string(cmd) == "up" && !flags.no_apps) {
-    auto started = StartUpApps(UpAppsOptions{.apps = flags.apps,
-                                             .data_dir = flags.data_dir,
-                                             .web_listen = flags.web_listen,
-                                             .llm_base_url = flags.llm_base_url,
-                                             .llm_sim_listen = flags.llm_sim_listen,
-                                             .broker = raw,
-                                             .queue = queue.get(),
-                                             .pools = pools.get()});
+  if (std::string(cmd) == "up" && flags.apps_enabled) {
+    auto started = StartUpApps(flags, raw, queue.get(), pools.get());
     if (!started.ok()) {
       std::fprintf(stderr, "tidepool %s: %s\n", cmd, started.status().ToString().c_str());
       if (pools) pools->Stop();
@@ -196,8 +121,8 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
     return 1;
   }
   std::printf("tidepool %s %s: data dir %s, Pub/Sub API on %s (port %d), admin on http://%s\n", cmd,
-              TIDEPOOL_VERSION, flags.data_dir.c_str(), flags.listen.c_str(), (*server)->port(),
-              flags.admin_listen.c_str());
+              TIDEPOOL_VERSION, flags.data_dir.c_str(), flags.broker_listen.c_str(),
+              (*server)->port(), flags.admin_listen.c_str());
   if (apps) {
     const std::string web =
         "http://" + LoopbackEndpoint(flags.web_listen, apps->web.service->port());
@@ -228,18 +153,44 @@ int ServeBroker(const char* cmd, const BrokerFlags& flags) {
   return 0;
 }
 
+// Loads the settings of `cmd`; nullopt after saying what is wrong (or after --print-config).
+std::optional<UpConfig> Settings(ConfigCommand command, const char* cmd, const Args& args,
+                                 int* exit_code) {
+  for (const auto& arg : args) {
+    if (arg == "--help" || arg == "-h") {
+      std::printf("Usage: tidepool %s [options]\n%s", cmd, ConfigFlagsHelp(command).c_str());
+      *exit_code = 0;
+      return std::nullopt;
+    }
+  }
+  auto config = LoadUpConfig(command, args);
+  if (!config.ok()) {
+    std::fprintf(stderr, "tidepool %s: %s\n", cmd, config.status().message().c_str());
+    *exit_code = 2;
+    return std::nullopt;
+  }
+  if (config->print_config) {
+    std::fputs(ConfigYaml(*config).c_str(), stdout);
+    *exit_code = 0;
+    return std::nullopt;
+  }
+  return std::move(config).value();
+}
+
 }  // namespace
 
 int RunBroker(const Args& args) {
-  BrokerFlags flags;
-  if (!ParseBrokerFlags("broker", args, &flags)) return 2;
-  return ServeBroker("broker", flags);
+  int exit_code = 0;
+  auto config = Settings(ConfigCommand::kBroker, "broker", args, &exit_code);
+  if (!config) return exit_code;
+  return ServeBroker("broker", *config);
 }
 
 int RunUp(const Args& args) {
-  BrokerFlags flags;
-  if (!ParseBrokerFlags("up", args, &flags)) return 2;
-  return ServeBroker("up", flags);
+  int exit_code = 0;
+  auto config = Settings(ConfigCommand::kUp, "up", args, &exit_code);
+  if (!config) return exit_code;
+  return ServeBroker("up", *config);
 }
 
 }  // namespace tidepool::cli

@@ -12,11 +12,15 @@ namespace tidepool::cli {
 Result<std::unique_ptr<pool::PoolManager>> StartPools(const PoolRunnerOptions& options) {
   std::vector<pool::PoolSpec> specs;
   if (!options.config_path.empty()) {
-    std::ifstream in(options.config_path);
-    if (!in) return Status::NotFound("cannot read config file " + options.config_path);
-    std::stringstream text;
-    text << in.rdbuf();
-    TP_ASSIGN_OR_RETURN(specs, pool::ParsePools(text.str(), options.config_path));
+    std::string text = options.config_text;
+    if (text.empty()) {
+      std::ifstream in(options.config_path);
+      if (!in) return Status::NotFound("cannot read config file " + options.config_path);
+      std::stringstream read;
+      read << in.rdbuf();
+      text = read.str();
+    }
+    TP_ASSIGN_OR_RETURN(specs, pool::ParsePools(text, options.config_path));
   }
   pool::ManagerOptions m;
   m.queue = options.queue;

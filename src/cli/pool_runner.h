@@ -18,6 +18,7 @@ namespace tidepool::cli {
 
 struct PoolRunnerOptions {
   std::string config_path;  // empty: no pools at start (they can be deployed later)
+  std::string config_text;  // the file's text when already read (else it is read here)
   queue::Queue* queue = nullptr;
   std::string data_dir;         // logs go to DATA_DIR/logs
   std::string pubsub_endpoint;  // HOST:PORT the instances reach (PUBSUB_EMULATOR_HOST)

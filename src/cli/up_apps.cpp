@@ -18,21 +18,31 @@ namespace {
 
 // The pool of an app: `tidepool worker --app FILE` instances scaled on the request backlog.
 std::string AppPoolYaml(const pipeline::AppSpec& app, const std::string& spec_file,
-                        const std::string& llm_url, const std::string& data_dir) {
+                        const std::string& llm_url, const UpConfig& config) {
   std::error_code ec;
   const std::string self = fs::read_symlink("/proc/self/exe", ec).string();
   const std::string file = fs::absolute(spec_file, ec).string();
-  const std::string data = fs::absolute(data_dir, ec).string();
+  const std::string data = fs::absolute(config.data_dir, ec).string();
   auto quoted = [](const std::string& s) { return json::serialize(json::value(s)); };
+  std::string env = "env:\n  TIDEPOOL_LLM_BASE_URL: " + quoted(llm_url) + "\n" +
+                    "  TIDEPOOL_DATA_DIR: " + quoted(data) + "\n";
+  if (!config.llm_api_key_env.empty()) {
+    env += "  TIDEPOOL_LLM_API_KEY_ENV: " + quoted(config.llm_api_key_env) + "\n";
+  }
+  if (!config.llm_api_key_file.empty()) {
+    env +=
+        "  TIDEPOOL_LLM_API_KEY_FILE: " + quoted(fs::absolute(config.llm_api_key_file, ec)) + "\n";
+  }
+  std::string args = "args: [worker, --app, " + quoted(file);
+  if (config.llm_max_concurrency > 0) {
+    args += ", --llm-max-concurrency, " + quoted(std::to_string(config.llm_max_concurrency));
+  }
+  args += "]\n";
   return "name: " + app.name + "\n" + "subscription: " + app.request_subscription + "\n" +
-         "command: " + quoted(self) + "\n" + "args: [worker, --app, " + quoted(file) + "]\n" +
-         "env:\n" + "  TIDEPOOL_LLM_BASE_URL: " + quoted(llm_url) + "\n" +
-         "  TIDEPOOL_DATA_DIR: " + quoted(data) + "\n" + "grace_period: 30s\n" +
-         "autoscaling:\n"
-         "  min: 1\n"
-         "  max: 4\n"
-         "  triggers:\n"
-         "    - {type: backlog, target: 200}\n";
+         "command: " + quoted(self) + "\n" + args + env + "grace_period: 30s\n" + "autoscaling:\n" +
+         "  min: " + std::to_string(config.app_min_instances) + "\n" +
+         "  max: " + std::to_string(config.app_max_instances) + "\n" + "  triggers:\n" +
+         "    - {type: backlog, target: " + std::to_string(config.app_backlog_target) + "}\n";
 }
 
 std::string DashboardJson(broker::Broker* broker, pool::PoolManager* pools,
@@ -74,17 +84,18 @@ std::string DashboardJson(broker::Broker* broker, pool::PoolManager* pools,
 
 }  // namespace
 
-Result<UpApps> StartUpApps(const UpAppsOptions& options) {
+Result<UpApps> StartUpApps(const UpConfig& config, broker::Broker* broker, queue::Queue* queue,
+                           pool::PoolManager* pools) {
   UpApps up;
-  std::vector<std::string> files = options.apps.empty() ? FindApps() : options.apps;
+  std::vector<std::string> files = config.app_files.empty() ? FindApps() : config.app_files;
   if (files.empty()) {
     return Status::InvalidArgument(
         "no apps found (apps/*/app.yaml); pass --app FILE, or --no-apps for broker and pools only");
   }
-  up.llm_base_url = options.llm_base_url;
+  up.llm_base_url = config.llm_base_url;
   if (up.llm_base_url.empty()) {
     llm::sim::SimOptions so;
-    so.listen = options.llm_sim_listen;
+    so.listen = config.llm_sim_listen;
     so.threads = 1;
     so.ttft = llm::sim::TtftModel::Lognormal(350, 1200);
     so.tokens_per_second = 40;
@@ -93,21 +104,23 @@ Result<UpApps> StartUpApps(const UpAppsOptions& options) {
     TP_ASSIGN_OR_RETURN(up.sim, llm::sim::LlmSim::Start(so));
     up.llm_base_url = up.sim->base_url();
   }
-  const std::vector<std::string> existing = options.pools->PoolNames();
+  const std::vector<std::string> existing = pools->PoolNames();
   for (const std::string& file : files) {
     TP_ASSIGN_OR_RETURN(pipeline::AppSpec app, pipeline::LoadApp(file));
     if (std::find(existing.begin(), existing.end(), app.name) != existing.end()) continue;
-    const std::string yaml = AppPoolYaml(app, file, up.llm_base_url, options.data_dir);
+    const std::string yaml = AppPoolYaml(app, file, up.llm_base_url, config);
     TP_ASSIGN_OR_RETURN(pool::PoolSpec spec, pool::ParsePool(yaml, "app " + app.name));
-    TP_RETURN_IF_ERROR(options.pools->Deploy(spec).status());
+    TP_RETURN_IF_ERROR(pools->Deploy(spec).status());
     up.pool_names.push_back(app.name);
   }
   WebFlags web_flags;
-  web_flags.listen = options.web_listen;
-  web_flags.data_dir = options.data_dir;
+  web_flags.listen = config.web_listen;
+  web_flags.data_dir = config.data_dir;
+  web_flags.store = config.store_url;
   web_flags.apps = files;
-  broker::Broker* broker = options.broker;
-  pool::PoolManager* pools = options.pools;
+  web_flags.ui_dir = config.ui_dir;
+  web_flags.cors_origin = config.cors_origin;
+  web_flags.rate_limit = config.rate_limit;
   // The hooks run once the service exists; it is reached through the shared slot.
   auto service_slot = std::make_shared<std::atomic<web::WebService*>>(nullptr);
   WebHooks hooks;
@@ -117,7 +130,7 @@ Result<UpApps> StartUpApps(const UpAppsOptions& options) {
   hooks.dashboard_json = [broker, pools, service_slot] {
     return DashboardJson(broker, pools, service_slot->load());
   };
-  TP_ASSIGN_OR_RETURN(up.web, StartWeb(web_flags, *options.queue, std::move(hooks)));
+  TP_ASSIGN_OR_RETURN(up.web, StartWeb(web_flags, *queue, std::move(hooks)));
   service_slot->store(up.web.service.get());
   return up;
 }

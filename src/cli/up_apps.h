@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "broker/broker.h"
+#include "cli/up_config.h"
 #include "cli/web_runner.h"
 #include "common/status.h"
 #include "llm/sim/llm_sim.h"
@@ -15,17 +16,6 @@
 
 namespace tidepool::cli {
 
-struct UpAppsOptions {
-  std::vector<std::string> apps;  // spec files; empty: FindApps()
-  std::string data_dir;
-  std::string web_listen;
-  std::string llm_base_url;  // empty: start llm-sim on llm_sim_listen
-  std::string llm_sim_listen;
-  broker::Broker* broker = nullptr;
-  queue::Queue* queue = nullptr;
-  pool::PoolManager* pools = nullptr;
-};
-
 struct UpApps {
   std::unique_ptr<llm::sim::LlmSim> sim;
   std::string llm_base_url;
@@ -33,6 +23,9 @@ struct UpApps {
   std::vector<std::string> pool_names;  // the pools started for the apps
 };
 
-Result<UpApps> StartUpApps(const UpAppsOptions& options);
+// Starts llm-sim (unless config.llm_base_url is set), deploys a pool per app to `pools` and
+// starts the web tier on `queue`. The broker, queue and pools outlive the result.
+Result<UpApps> StartUpApps(const UpConfig& config, broker::Broker* broker, queue::Queue* queue,
+                           pool::PoolManager* pools);
 
 }  // namespace tidepool::cli

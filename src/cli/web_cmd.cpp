@@ -24,7 +24,7 @@ constexpr char kWebUsage[] =
     "                              default 127.0.0.1:8085)\n"
     "  --project ID                default tidepool (env GOOGLE_CLOUD_PROJECT)\n"
     "  --data-dir DIR              default ./tidepool-data (env TIDEPOOL_DATA_DIR)\n"
-    "  --store URL                 sqlite:PATH or postgresql://... (env TIDEPOOL_STORE;\n"
+    "  --store URL                 sqlite:PATH or postgresql://... (env TIDEPOOL_STORE_URL;\n"
     "                              default sqlite:DATA_DIR/web/conversations.db)\n"
     "  --app FILE                  an app spec (repeatable; default: apps/*/app.yaml)\n"
     "  --ui-dir DIR                the UI files (default: ui/ next to apps/)\n"
@@ -44,7 +44,7 @@ int RunWeb(const Args& args) {
   WebFlags flags;
   flags.listen = EnvOr("TIDEPOOL_WEB_LISTEN", "127.0.0.1:8080");
   flags.data_dir = EnvOr("TIDEPOOL_DATA_DIR", "tidepool-data");
-  flags.store = EnvOr("TIDEPOOL_STORE", "");
+  flags.store = EnvOr("TIDEPOOL_STORE_URL", EnvOr("TIDEPOOL_STORE", ""));
   std::string broker = EnvOr("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085");
   std::string project = EnvOr("GOOGLE_CLOUD_PROJECT", "tidepool");
   for (size_t i = 0; i < args.size(); ++i) {
