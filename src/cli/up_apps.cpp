@@ -75,6 +75,11 @@ std::string DashboardJson(broker::Broker* broker, pool::PoolManager* pools,
                        {"events_received_total", s.events_received},
                        {"publish_failures_total", s.publish_failures},
                        {"rate_limited_total", s.rate_limited}};
+    const web::LatencySummary post = service->PostLatency();
+    web["post_latency_ms"] = json::object{{"p50", post.p50_ms},
+                                          {"p99", post.p99_ms},
+                                          {"count", post.count},
+                                          {"window_seconds", post.window_seconds}};
   }
   return json::serialize(json::object{{"pools", std::move(pool_list)},
                                       {"subscriptions", std::move(subscriptions)},
@@ -119,6 +124,7 @@ Result<UpApps> StartUpApps(const UpConfig& config, broker::Broker* broker, queue
   web_flags.store = config.store_url;
   web_flags.apps = files;
   web_flags.ui_dir = config.ui_dir;
+  web_flags.api_keys_file = config.api_keys_file;
   web_flags.cors_origin = config.cors_origin;
   web_flags.rate_limit = config.rate_limit;
   // The hooks run once the service exists; it is reached through the shared slot.

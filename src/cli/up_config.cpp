@@ -55,6 +55,8 @@ const std::vector<Setting>& Settings() {
        "\"*\" or one origin allowed to call the API"},
       {"web", "ui_dir", Kind::kString, &UpConfig::ui_dir, "--ui-dir", nullptr,
        "DIR: serve the UI from here instead of the built-in copy"},
+      {"web", "api_keys_file", Kind::kString, &UpConfig::api_keys_file, "--api-keys-file", nullptr,
+       "FILE: lines \"APP KEY\": API keys required on those apps"},
       {"llm", "base_url", Kind::kString, &UpConfig::llm_base_url, "--llm-base-url", nullptr,
        "URL: an OpenAI-compatible endpoint (none: run llm-sim)"},
       {"llm", "api_key_env", Kind::kString, &UpConfig::llm_api_key_env, nullptr, nullptr,
@@ -380,6 +382,30 @@ std::string ConfigFlagsHelp(ConfigCommand command) {
            ")\n";
   }
   return out;
+}
+
+Result<std::map<std::string, std::vector<std::string>>> LoadApiKeys(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return Status::NotFound("cannot read the API keys file " + path);
+  std::map<std::string, std::vector<std::string>> keys;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (auto hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+    std::istringstream words(line);
+    std::string app, key, extra;
+    if (!(words >> app)) continue;  // blank or comment
+    if (!(words >> key) || (words >> extra)) {
+      return Status::InvalidArgument(
+          path + ":" + std::to_string(number) +
+          ": expected \"APP KEY\" (the key itself is not repeated here)");
+    }
+    if (key.size() < 16) {
+      return Status::InvalidArgument(path + ":" + std::to_string(number) + ": the key for app " +
+                                     app + " is shorter than 16 characters");
+    }
+    keys[app].push_back(key);
+  }
+  return keys;
 }
 
 }  // namespace tidepool::cli

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -24,7 +25,8 @@ struct UpConfig {
   std::string web_listen = "127.0.0.1:8080";
   double rate_limit = 5;  // POSTs per second per client address; 0 = off
   std::string cors_origin;
-  std::string ui_dir;  // "" = the UI built into the binary
+  std::string ui_dir;         // "" = the UI built into the binary
+  std::string api_keys_file;  // lines "APP KEY": API keys required on those apps
   // llm: an OpenAI-compatible endpoint; none = run `tidepool llm-sim` in-process.
   std::string llm_base_url;
   std::string llm_api_key_env;
@@ -55,5 +57,9 @@ std::string ConfigYaml(const UpConfig& config);
 
 // The flags of a command, one per line, for usage messages.
 std::string ConfigFlagsHelp(ConfigCommand command);
+
+// The API keys of a file of lines "APP KEY" ('#' starts a comment), by app. Errors name the
+// file and line, never a key.
+Result<std::map<std::string, std::vector<std::string>>> LoadApiKeys(const std::string& path);
 
 }  // namespace tidepool::cli

@@ -195,5 +195,28 @@ TEST_F(UpConfigTest, PrintedConfigReadsBackToTheSameSettings) {
   EXPECT_EQ(again->stream_lifetime_seconds, 90);
 }
 
+TEST_F(UpConfigTest, ApiKeysFileListsKeysByAppAndNamesBadLines) {
+  auto keys =
+      LoadApiKeys(Write("# keys of the shop's backend\n"
+                        "scent-advisor  k1-0123456789abcdef   # rotated in November\n"
+                        "\n"
+                        "scent-advisor k2-0123456789abcdef\n"
+                        "gift-concierge k3-0123456789abcdef\n"));
+  ASSERT_TRUE(keys.ok()) << keys.status().ToString();
+  EXPECT_EQ((*keys)["scent-advisor"],
+            (std::vector<std::string>{"k1-0123456789abcdef", "k2-0123456789abcdef"}));
+  EXPECT_EQ((*keys)["gift-concierge"], (std::vector<std::string>{"k3-0123456789abcdef"}));
+
+  keys = LoadApiKeys(Write("scent-advisor\n"));
+  ASSERT_FALSE(keys.ok());
+  EXPECT_NE(keys.status().message().find(":1: expected \"APP KEY\""), std::string::npos);
+  keys = LoadApiKeys(Write("# a\nscent-advisor tiny-key\n"));
+  ASSERT_FALSE(keys.ok());
+  EXPECT_NE(keys.status().message().find(":2: the key for app scent-advisor is shorter"),
+            std::string::npos);
+  EXPECT_EQ(keys.status().message().find("tiny-key"), std::string::npos) << "a key in a message";
+  EXPECT_EQ(LoadApiKeys("/nonexistent/keys").status().code(), StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace tidepool::cli

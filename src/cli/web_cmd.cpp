@@ -27,7 +27,9 @@ constexpr char kWebUsage[] =
     "  --store URL                 sqlite:PATH or postgresql://... (env TIDEPOOL_STORE_URL;\n"
     "                              default sqlite:DATA_DIR/web/conversations.db)\n"
     "  --app FILE                  an app spec (repeatable; default: apps/*/app.yaml)\n"
-    "  --ui-dir DIR                the UI files (default: ui/ next to apps/)\n"
+    "  --ui-dir DIR                serve the UI from DIR (default: the built-in copy)\n"
+    "  --api-keys-file FILE        lines \"APP KEY\": keys required on those apps' API\n"
+    "                              (env TIDEPOOL_WEB_API_KEYS_FILE)\n"
     "  --events-subscription NAME  this instance's events subscription\n"
     "                              (default tidepool-events-web)\n"
     "  --cors-origin ORIGIN        \"*\" or one origin allowed to call the API\n"
@@ -45,6 +47,7 @@ int RunWeb(const Args& args) {
   flags.listen = EnvOr("TIDEPOOL_WEB_LISTEN", "127.0.0.1:8080");
   flags.data_dir = EnvOr("TIDEPOOL_DATA_DIR", "tidepool-data");
   flags.store = EnvOr("TIDEPOOL_STORE_URL", EnvOr("TIDEPOOL_STORE", ""));
+  flags.api_keys_file = EnvOr("TIDEPOOL_WEB_API_KEYS_FILE", "");
   std::string broker = EnvOr("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085");
   std::string project = EnvOr("GOOGLE_CLOUD_PROJECT", "tidepool");
   for (size_t i = 0; i < args.size(); ++i) {
@@ -73,6 +76,8 @@ int RunWeb(const Args& args) {
       flags.apps.push_back(value);
     } else if (flag == "--ui-dir") {
       flags.ui_dir = value;
+    } else if (flag == "--api-keys-file") {
+      flags.api_keys_file = value;
     } else if (flag == "--events-subscription") {
       flags.events_subscription = value;
     } else if (flag == "--cors-origin") {

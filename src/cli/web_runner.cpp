@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "cli/up_config.h"
 #include "pipeline/runner.h"
 
 namespace tidepool::cli {
@@ -42,19 +43,15 @@ std::vector<std::string> FindApps() {
   return {};
 }
 
-std::string FindUiDir() {
-  for (const fs::path& root : SearchRoots()) {
-    std::error_code ec;
-    if (fs::is_regular_file(root / "ui" / "index.html", ec)) return (root / "ui").string();
-  }
-  return "";
-}
-
 Result<RunningWeb> StartWeb(const WebFlags& flags, queue::Queue& queue, WebHooks hooks) {
   RunningWeb running;
   std::vector<std::string> files = flags.apps.empty() ? FindApps() : flags.apps;
   if (files.empty()) {
     return Status::InvalidArgument("no apps: pass --app FILE (or run where apps/*/app.yaml is)");
+  }
+  std::map<std::string, std::vector<std::string>> api_keys;
+  if (!flags.api_keys_file.empty()) {
+    TP_ASSIGN_OR_RETURN(api_keys, LoadApiKeys(flags.api_keys_file));
   }
   web::WebOptions options;
   for (const std::string& file : files) {
@@ -66,12 +63,20 @@ Result<RunningWeb> StartWeb(const WebFlags& flags, queue::Queue& queue, WebHooks
                                         .examples = spec.examples,
                                         .request_topic = spec.request_topic,
                                         .request_subscription = pipeline::RequestSubscription(spec),
-                                        .api_keys = {}});
+                                        .api_keys = api_keys[spec.name]});
     if (options.events_topic != spec.events_topic && running.specs.empty()) {
       options.events_topic = spec.events_topic;
     }
     running.app_names += (running.app_names.empty() ? "" : ", ") + spec.name;
     running.specs.push_back(std::move(spec));
+  }
+  for (const auto& [app, keys] : api_keys) {
+    if (std::none_of(running.specs.begin(), running.specs.end(),
+                     [&](const pipeline::AppSpec& s) { return s.name == app; })) {
+      return Status::InvalidArgument(flags.api_keys_file + ": keys for app " + app +
+                                     ", which is not served here (apps: " + running.app_names +
+                                     ")");
+    }
   }
   for (const auto& spec : running.specs) {
     if (spec.events_topic != options.events_topic) {
@@ -89,7 +94,7 @@ Result<RunningWeb> StartWeb(const WebFlags& flags, queue::Queue& queue, WebHooks
   options.events_subscription = flags.events_subscription;
   options.cors_origin = flags.cors_origin;
   options.rate_per_second = flags.rate_limit;
-  options.ui_dir = flags.ui_dir.empty() ? FindUiDir() : flags.ui_dir;
+  options.ui_dir = flags.ui_dir;
   options.extra_metrics = std::move(hooks.extra_metrics);
   options.dashboard_json = std::move(hooks.dashboard_json);
   TP_ASSIGN_OR_RETURN(running.service,

@@ -19,7 +19,8 @@ struct WebFlags {
   std::string data_dir = "tidepool-data";
   std::string store;              // "" = sqlite:DATA_DIR/web/conversations.db
   std::vector<std::string> apps;  // spec files; empty = FindApps()
-  std::string ui_dir;             // "" = FindUiDir()
+  std::string ui_dir;             // "" = the UI built into the binary
+  std::string api_keys_file;      // lines "APP KEY": keys required on those apps' API
   std::string events_subscription = "tidepool-events-web";
   std::string cors_origin;
   double rate_limit = 5;
@@ -40,8 +41,6 @@ struct RunningWeb {
 
 // apps/*/app.yaml under the working directory, else under the directory above the binary's.
 std::vector<std::string> FindApps();
-// ui/ under the working directory, else above the binary's directory; "" if neither exists.
-std::string FindUiDir();
 
 Result<RunningWeb> StartWeb(const WebFlags& flags, queue::Queue& queue, WebHooks hooks);
 

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "admin/admin_server.h"
+#include "web/latency_window.h"
 
 namespace tidepool::web {
 
@@ -81,6 +82,7 @@ struct RouteStats {
   std::array<uint64_t, kLatencyBucketsMs.size()> buckets{};
   uint64_t total = 0;
   double sum_ms = 0;
+  LatencyWindow recent;  // the last seconds, for the dashboard
 };
 
 std::string EscapeLabel(const std::string& v) {
@@ -316,6 +318,7 @@ struct HttpServer::Impl {
     for (size_t i = 0; i < kLatencyBucketsMs.size(); ++i) {
       if (ms <= kLatencyBucketsMs[i]) s.buckets[i]++;
     }
+    s.recent.Record(ms);
   }
 
   asio::awaitable<void> Accept() {
@@ -428,6 +431,9 @@ struct HttpServer::Impl {
       request.body = std::move(raw.body());
       request.remote_ip = remote;
       const bool keep_alive = raw.keep_alive();
+      // HEAD is GET without the body: same routes, same status and headers.
+      const bool head = request.method == "HEAD";
+      if (head) request.method = "GET";
 
       const RouteEntry* route = nullptr;
       bool method_mismatch = false;
@@ -462,6 +468,8 @@ struct HttpServer::Impl {
         if (filter) refused = filter(request);
         if (refused.status != 0) {
           response = std::move(refused);
+        } else if (route->stream && head) {
+          response = JsonError(405, "HEAD is not supported on an event stream; use GET");
         } else if (route->stream) {
           HttpResponse refusal{.status = 0};
           co_await RunStream(stream, *route, request, refusal);
@@ -481,7 +489,7 @@ struct HttpServer::Impl {
       const double ms = std::chrono::duration<double, std::milli>(Clock::now() - started).count();
       Record(key, response.status, ms);
       const bool again = keep_alive && !stopping.load();
-      if (!co_await WriteResponse(stream, response, again) || !again) break;
+      if (!co_await WriteResponse(stream, response, again, head) || !again) break;
     }
     // A lingering close: the client may still be sending (a body over the limit); closing with
     // unread input would reset the connection and could destroy the error response in flight.
@@ -527,8 +535,9 @@ struct HttpServer::Impl {
     wakers.erase(wake);
   }
 
+  // `head`: the headers of the response only (its Content-Length says what GET would send).
   asio::awaitable<bool> WriteResponse(beast::tcp_stream& stream, const HttpResponse& r,
-                                      bool keep_alive) {
+                                      bool keep_alive, bool head = false) {
     http::response<http::string_body> res{static_cast<http::status>(r.status), 11};
     res.set(http::field::server, "tidepool");
     if (!r.content_type.empty() && r.status != 204) {
@@ -539,6 +548,10 @@ struct HttpServer::Impl {
     res.keep_alive(keep_alive);
     if (r.status != 204) res.body() = r.body;
     res.prepare_payload();
+    if (head) {
+      res.body().clear();
+      res.content_length(r.body.size());
+    }
     stream.expires_after(options.body_timeout);
     auto [ec, n] = co_await http::async_write(stream, res, kToken);
     stream.expires_never();
@@ -662,6 +675,17 @@ int HttpServer::port() const {
 
 asio::any_io_executor HttpServer::executor() {
   return impl_->ios.front()->get_executor();
+}
+
+LatencySummary HttpServer::RecentLatency(const std::string& route_key) const {
+  std::lock_guard lock(impl_->mu);
+  auto it = impl_->stats.find(route_key);
+  if (it == impl_->stats.end()) return {};
+  const LatencyWindow& w = it->second.recent;
+  return LatencySummary{.count = w.Count(),
+                        .p50_ms = w.Quantile(0.5),
+                        .p99_ms = w.Quantile(0.99),
+                        .window_seconds = LatencyWindow::kWindowSeconds};
 }
 
 std::string HttpServer::MetricsText() const {

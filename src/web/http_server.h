@@ -92,6 +92,14 @@ struct HttpServerOptions {
   std::vector<std::pair<std::string, std::string>> headers;
 };
 
+// Latency of one route over the last seconds.
+struct LatencySummary {
+  uint64_t count = 0;
+  double p50_ms = 0;
+  double p99_ms = 0;
+  int window_seconds = 0;
+};
+
 class HttpServer {
  public:
   static Result<std::unique_ptr<HttpServer>> Create(HttpServerOptions options);
@@ -113,6 +121,9 @@ class HttpServer {
   // Prometheus text: tidepool_web_requests_total and latency histograms by route and status
   // class, connections open, streams open.
   std::string MetricsText() const;
+  // Latency of requests to `route_key` ("METHOD PATTERN", as in the metrics' route label) in
+  // the last 10 s.
+  LatencySummary RecentLatency(const std::string& route_key) const;
 
   struct Impl;
 

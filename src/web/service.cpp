@@ -1,5 +1,8 @@
 #include "web/service.h"
 
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <atomic>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -25,6 +28,7 @@
 #include "common/await_callback.h"
 #include "common/request_limits.h"
 #include "web/hub.h"
+#include "web/ui_assets.h"
 
 namespace tidepool::web {
 
@@ -40,6 +44,55 @@ constexpr int kMaxHistoryLimit = 500;
 constexpr auto kSweepEvery = std::chrono::seconds(5);
 constexpr auto kUnpublishedAfter = std::chrono::seconds(10);
 constexpr size_t kMaxRateClients = 100'000;
+constexpr int64_t kStreamTokenSeconds = 15 * 60;
+constexpr char kPostMessageRoute[] = "POST /v1/apps/{app}/conversations/{id}/messages";
+constexpr char kEventsPattern[] = "/v1/apps/{app}/conversations/{id}/events";
+
+int64_t NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// A stream token: "EXPIRY.HMAC" where HMAC = hex HMAC-SHA256 under one of the app's API keys
+// of "APP\nCONVERSATION\nEXPIRY". Any web instance configured with the same keys verifies it;
+// no state is kept, and removing a key revokes every token it signed.
+std::string StreamTokenMac(const std::string& key, const std::string& app,
+                           const std::string& conversation, int64_t expiry) {
+  const std::string text = app + "\n" + conversation + "\n" + std::to_string(expiry);
+  unsigned char mac[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()),
+       reinterpret_cast<const unsigned char*>(text.data()), text.size(), mac, &length);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned int i = 0; i < length; ++i) {
+    hex += kHex[mac[i] >> 4];
+    hex += kHex[mac[i] & 0xF];
+  }
+  return hex;
+}
+
+bool StreamTokenValid(const std::vector<std::string>& keys, const std::string& app,
+                      const std::string& conversation, const std::string& token) {
+  const size_t dot = token.find('.');
+  if (dot == std::string::npos || dot == 0 || dot > 12) return false;
+  int64_t expiry = 0;
+  for (size_t i = 0; i < dot; ++i) {
+    if (token[i] < '0' || token[i] > '9') return false;
+    expiry = expiry * 10 + (token[i] - '0');
+  }
+  if (expiry < NowSeconds()) return false;
+  const std::string mac = token.substr(dot + 1);
+  for (const std::string& key : keys) {
+    const std::string expected = StreamTokenMac(key, app, conversation, expiry);
+    if (mac.size() == expected.size() &&
+        CRYPTO_memcmp(mac.data(), expected.data(), mac.size()) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
 
 int64_t NowMicros() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -163,6 +216,14 @@ struct WebService::Impl {
         const std::string& auth = r.header("authorization");
         if (key.empty() && auth.starts_with("Bearer ")) key = auth.substr(7);
         const auto& keys = it->second.api_keys;
+        // EventSource cannot send headers: a browser's stream presents a stream token.
+        if (auto token = r.query.find("access_token");
+            key.empty() && token != r.query.end() && r.route == kEventsPattern) {
+          if (StreamTokenValid(keys, it->first, r.params.at("id"), token->second)) {
+            return HttpResponse{.status = 0};
+          }
+          return JsonError(403, "the stream token is not valid for this conversation, or expired");
+        }
         if (key.empty()) return JsonError(401, "this app needs an API key (X-API-Key)");
         if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
           return JsonError(403, "the API key is not valid for app " + it->first);
@@ -192,6 +253,27 @@ struct WebService::Impl {
                                   {"requires_api_key", !app.api_keys.empty()}});
     }
     co_return Json(200, json::serialize(json::object{{"apps", std::move(list)}}));
+  }
+
+  // A token for GET .../events?access_token=, for browsers of apps with API keys: the caller
+  // authenticated with a key (by the filter); the token is signed with that key.
+  asio::awaitable<HttpResponse> CreateStreamToken(HttpRequest& r) {
+    const AppInfo* app = FindApp(r);
+    if (app == nullptr) co_return JsonError(404, "no app named " + r.params.at("app"));
+    if (app->api_keys.empty()) {
+      co_return JsonError(400, "app " + app->name + " needs no API key: open the stream directly");
+    }
+    const std::string conversation = r.params.at("id");
+    if (auto refused = co_await CheckConversation(*app, conversation)) co_return *refused;
+    std::string key = r.header("x-api-key");
+    if (const std::string& auth = r.header("authorization"); key.empty() && auth.size() > 7) {
+      key = auth.substr(7);  // "Bearer KEY", as the filter checked
+    }
+    const int64_t expiry = NowSeconds() + kStreamTokenSeconds;
+    const std::string token =
+        std::to_string(expiry) + "." + StreamTokenMac(key, app->name, conversation, expiry);
+    co_return Json(
+        201, json::serialize(json::object{{"token", token}, {"expires_in", kStreamTokenSeconds}}));
   }
 
   asio::awaitable<HttpResponse> CreateConversation(HttpRequest& r) {
@@ -568,17 +650,47 @@ struct WebService::Impl {
     return out.str();
   }
 
+  static std::string ContentType(const std::string& path) {
+    static const std::map<std::string, std::string> kTypes = {
+        {".html", "text/html; charset=utf-8"},
+        {".js", "text/javascript; charset=utf-8"},
+        {".css", "text/css; charset=utf-8"},
+        {".svg", "image/svg+xml"},
+        {".png", "image/png"},
+        {".json", "application/json"},
+        {".ico", "image/x-icon"}};
+    auto type = kTypes.find(std::filesystem::path(path).extension().string());
+    return type == kTypes.end() ? "application/octet-stream" : type->second;
+  }
+
   asio::awaitable<HttpResponse> Static(HttpRequest& r) {
-    if (options.ui_dir.empty()) co_return JsonError(404, "no UI is served here");
     std::string path = r.path;
     if (path == "/" || path.empty()) path = "/index.html";
     if (path == "/dashboard") path = "/dashboard.html";
     if (path.starts_with("/apps/") && path.find('.') == std::string::npos) path = "/app.html";
-    // No way out of the UI directory: no "..", no backslashes, no NUL, and the resolved path
-    // must stay under it.
+    // No way out of the UI: no "..", no backslashes, no NUL, and a file read from a directory
+    // must resolve to a path under it.
     if (path.find("..") != std::string::npos || path.find('\\') != std::string::npos ||
         path.find('\0') != std::string::npos) {
       co_return JsonError(400, "bad path");
+    }
+    HttpResponse response{.status = 200, .content_type = ContentType(path)};
+    response.headers.emplace_back("Cache-Control", "no-cache");
+    response.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    if (options.ui_dir.empty()) {
+      // The built-in UI: an ETag from the file's digest, so a reload revalidates in one 304.
+      for (const UiAsset& asset : UiAssets()) {
+        if (asset.path != path) continue;
+        const std::string etag = "\"" + std::string(asset.sha256.substr(0, 32)) + "\"";
+        response.headers.emplace_back("ETag", etag);
+        if (r.header("if-none-match") == etag) {
+          response.status = 304;
+          co_return response;
+        }
+        response.body = std::string(asset.content);
+        co_return response;
+      }
+      co_return JsonError(404, "no such file: " + r.path);
     }
     std::error_code ec;
     const auto root = std::filesystem::weakly_canonical(options.ui_dir, ec);
@@ -590,21 +702,7 @@ struct WebService::Impl {
     std::ifstream in(file, std::ios::binary);
     std::stringstream content;
     content << in.rdbuf();
-    static const std::map<std::string, std::string> kTypes = {
-        {".html", "text/html; charset=utf-8"},
-        {".js", "text/javascript; charset=utf-8"},
-        {".css", "text/css; charset=utf-8"},
-        {".svg", "image/svg+xml"},
-        {".png", "image/png"},
-        {".json", "application/json"},
-        {".ico", "image/x-icon"}};
-    auto type = kTypes.find(file.extension().string());
-    HttpResponse response{
-        .status = 200,
-        .content_type = type == kTypes.end() ? "application/octet-stream" : type->second,
-        .body = content.str()};
-    response.headers.emplace_back("Cache-Control", "no-cache");
-    response.headers.emplace_back("X-Content-Type-Options", "nosniff");
+    response.body = content.str();
     co_return response;
   }
 };
@@ -647,10 +745,11 @@ Result<std::unique_ptr<WebService>> WebService::Start(WebOptions options, store:
              [self](HttpRequest& r) { return self->GetConversation(r); });
   http.Route("POST", "/v1/apps/{app}/conversations/{id}/messages",
              [self](HttpRequest& r) { return self->PostMessage(r); });
-  http.Stream("GET", "/v1/apps/{app}/conversations/{id}/events",
-              [self](HttpRequest& r, SseWriter& w, HttpResponse& refusal) {
-                return self->StreamEvents(r, w, refusal);
-              });
+  http.Route("POST", "/v1/apps/{app}/conversations/{id}/stream-token",
+             [self](HttpRequest& r) { return self->CreateStreamToken(r); });
+  http.Stream("GET", kEventsPattern, [self](HttpRequest& r, SseWriter& w, HttpResponse& refusal) {
+    return self->StreamEvents(r, w, refusal);
+  });
   http.Route("GET", "/healthz", [](HttpRequest&) -> asio::awaitable<HttpResponse> {
     co_return Json(200, R"({"status":"ok"})");
   });
@@ -690,6 +789,10 @@ int WebService::port() const {
 WebStats WebService::stats() const {
   std::lock_guard lock(impl_->mu);
   return impl_->stats;
+}
+
+LatencySummary WebService::PostLatency() const {
+  return impl_->server->RecentLatency(kPostMessageRoute);
 }
 
 std::string WebService::MetricsText() const {

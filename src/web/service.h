@@ -47,7 +47,8 @@ struct WebOptions {
   std::string cors_origin;
   int history_limit = 50;  // earlier messages sent to the workers with each request
   std::chrono::milliseconds heartbeat{15'000};
-  // UI files: a directory served at / (index.html, app.html, dashboard.html, assets).
+  // UI files served at / (index.html, app.html, dashboard.html, assets): from this directory
+  // when set, else the copy built into the binary.
   std::string ui_dir;
   // More Prometheus text for /metrics (the pools, the broker's backlog).
   std::function<std::string()> extra_metrics;
@@ -76,6 +77,8 @@ class WebService {
 
   int port() const;
   WebStats stats() const;
+  // Latency of POST .../messages over the last seconds (the dashboard's "now").
+  LatencySummary PostLatency() const;
   std::string MetricsText() const;
 
   struct Impl;

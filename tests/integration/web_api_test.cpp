@@ -69,6 +69,7 @@ Reply Call(int port, const std::string& method, const std::string& target,
   beast::flat_buffer buffer;
   http::response_parser<http::string_body> parser;
   parser.body_limit(16 << 20);
+  parser.skip(method == "HEAD");  // a HEAD response has a Content-Length and no body
   http::read(socket, buffer, parser);
   Reply r;
   r.status = static_cast<int>(parser.get().result_int());
@@ -491,6 +492,106 @@ TEST_F(WebApiTest, StaticFilesStayInsideTheUiDirectory) {
   EXPECT_NE(Call(port_, "GET", "/../secret.txt").status, 200);
   EXPECT_NE(Call(port_, "GET", "/%2e%2e/secret.txt").status, 200);
   EXPECT_EQ(Call(port_, "GET", "/missing.js").status, 404);
+}
+
+TEST_F(WebApiTest, TheBuiltInUiIsServedWithEtagsAndHead) {
+  StartWeb(Options());  // no ui_dir: the copy built into the library
+  auto source = [](const std::string& name) {
+    std::ifstream in(std::string(TIDEPOOL_SOURCE_DIR) + "/ui/" + name, std::ios::binary);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  Reply index = Call(port_, "GET", "/");
+  ASSERT_EQ(index.status, 200);
+  EXPECT_EQ(index.body, source("index.html"));
+  EXPECT_EQ(Call(port_, "GET", "/apps/scent-advisor").body, source("app.html"));
+  EXPECT_EQ(Call(port_, "GET", "/dashboard").body, source("dashboard.html"));
+  Reply script = Call(port_, "GET", "/app.js");
+  EXPECT_EQ(script.body, source("app.js"));
+  EXPECT_EQ(script.headers["Content-Type"], "text/javascript; charset=utf-8");
+  const std::string etag = script.headers["ETag"];
+  ASSERT_FALSE(etag.empty());
+  EXPECT_NE(etag, index.headers["ETag"]);
+
+  Reply unchanged = Call(port_, "GET", "/app.js", "", {{"If-None-Match", etag}});
+  EXPECT_EQ(unchanged.status, 304);
+  EXPECT_TRUE(unchanged.body.empty());
+  EXPECT_EQ(Call(port_, "GET", "/app.js", "", {{"If-None-Match", "\"other\""}}).status, 200);
+
+  Reply head = Call(port_, "HEAD", "/app.js");
+  EXPECT_EQ(head.status, 200);
+  EXPECT_EQ(head.headers["Content-Length"], std::to_string(source("app.js").size()));
+  EXPECT_EQ(head.headers["ETag"], etag);
+  EXPECT_TRUE(head.body.empty());
+  EXPECT_EQ(Call(port_, "HEAD", "/v1/apps").status, 200);
+  EXPECT_EQ(Call(port_, "HEAD", "/missing.js").status, 404);
+  EXPECT_EQ(Call(port_, "GET", "/missing.js").status, 404);
+  const std::string id = NewConversation();
+  Reply stream = Call(port_, "HEAD", Base(id) + "/events");
+  EXPECT_EQ(stream.status, 405);
+}
+
+TEST_F(WebApiTest, AStreamTokenOpensTheEventStreamOfOneConversationOnly) {
+  WebOptions o = Options();
+  const std::string keyed = o.apps[0].name;
+  const std::string open_app = o.apps[1].name;
+  o.apps[0].api_keys = {"old-key-0123456789", "new-key-0123456789"};
+  StartWeb(std::move(o));
+  const std::map<std::string, std::string> key = {{"X-API-Key", "new-key-0123456789"}};
+  auto base = [&](const std::string& id) { return Base(id, keyed); };
+  Reply created = Call(port_, "POST", "/v1/apps/" + keyed + "/conversations", "", key);
+  ASSERT_EQ(created.status, 201) << created.body;
+  const std::string id(created.Json().at("id").as_string());
+  Reply other_created = Call(port_, "POST", "/v1/apps/" + keyed + "/conversations", "", key);
+  const std::string other(other_created.Json().at("id").as_string());
+
+  EXPECT_EQ(Call(port_, "POST", base(id) + "/stream-token").status, 401);
+  Reply minted = Call(port_, "POST", base(id) + "/stream-token", "", key);
+  ASSERT_EQ(minted.status, 201) << minted.body;
+  const std::string token(minted.Json().at("token").as_string());
+  EXPECT_EQ(minted.Json().at("expires_in").as_int64(), 900);
+
+  SseClient without(port_, base(id) + "/events");
+  without.ReadUntil([](const auto&) { return false; }, 300ms);
+  EXPECT_EQ(without.status(), 401);
+  SseClient with(port_, base(id) + "/events?access_token=" + token);
+  with.ReadUntil([&](const auto&) { return with.status() != 0; }, 2s);
+  EXPECT_EQ(with.status(), 200);
+  // Not for another conversation, not altered, not for the other routes.
+  SseClient elsewhere(port_, base(other) + "/events?access_token=" + token);
+  elsewhere.ReadUntil([&](const auto&) { return elsewhere.status() != 0; }, 2s);
+  EXPECT_EQ(elsewhere.status(), 403);
+  std::string altered = token;
+  altered.back() = altered.back() == '0' ? '1' : '0';
+  SseClient tampered(port_, base(id) + "/events?access_token=" + altered);
+  tampered.ReadUntil([&](const auto&) { return tampered.status() != 0; }, 2s);
+  EXPECT_EQ(tampered.status(), 403);
+  const std::string expired = "1000." + token.substr(token.find('.') + 1);
+  SseClient old(port_, base(id) + "/events?access_token=" + expired);
+  old.ReadUntil([&](const auto&) { return old.status() != 0; }, 2s);
+  EXPECT_EQ(old.status(), 403);
+  EXPECT_EQ(Call(port_, "GET", base(id) + "?access_token=" + token).status, 401);
+
+  // A key still listed signs tokens too; an app without keys has no use for one.
+  Reply by_old = Call(port_, "POST", base(id) + "/stream-token", "",
+                      {{"Authorization", "Bearer old-key-0123456789"}});
+  EXPECT_EQ(by_old.status, 201);
+  const std::string open_id = NewConversation(open_app);
+  EXPECT_EQ(Call(port_, "POST", Base(open_id, open_app) + "/stream-token").status, 400);
+  EXPECT_EQ(Call(port_, "POST", base("c-missing") + "/stream-token", "", key).status, 404);
+}
+
+TEST_F(WebApiTest, PostLatencyOfTheLastSecondsIsReported) {
+  StartWeb(Options());
+  EXPECT_EQ(service_->PostLatency().count, 0u);
+  const std::string id = NewConversation();
+  for (int i = 0; i < 20; ++i) ASSERT_EQ(Post(id, "message " + std::to_string(i)).status, 202);
+  const LatencySummary latency = service_->PostLatency();
+  EXPECT_EQ(latency.count, 20u);
+  EXPECT_GT(latency.p50_ms, 0);
+  EXPECT_GE(latency.p99_ms, latency.p50_ms);
+  EXPECT_EQ(latency.window_seconds, 10);
 }
 
 }  // namespace
