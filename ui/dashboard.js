@@ -69,12 +69,21 @@ function rateOf(key, value, now) {
   if (now > t0) history[key].push([now, ((value - v0) * 1000) / (now - t0)]);
 }
 
+// The POST latency of the server's recent window. A window without a single POST in it has no
+// latency (the server sends 0 with `count: 0`): shown as no data, not as 0 ms.
+function latencyOf(web) {
+  const latency = web?.post_latency_ms;
+  if (!latency || typeof latency !== "object" || latency.count === 0) return {};
+  return latency;
+}
+
 function record(data, now) {
   const web = data?.web ?? {};
   rateOf("accepted", web.messages_accepted_total, now);
   rateOf("replies", web.replies_stored_total, now);
-  if (isNum(web.post_latency_ms?.p50)) history.p50.push([now, web.post_latency_ms.p50]);
-  if (isNum(web.post_latency_ms?.p99)) history.p99.push([now, web.post_latency_ms.p99]);
+  const latency = latencyOf(web);
+  if (isNum(latency.p50)) history.p50.push([now, latency.p50]);
+  if (isNum(latency.p99)) history.p99.push([now, latency.p99]);
   for (const points of Object.values(history)) trim(points, now);
 }
 
@@ -216,8 +225,8 @@ function render(data, now) {
   const webRows = [["Messages accepted", number(web.messages_accepted_total)],
                    ["Replies stored", number(web.replies_stored_total)],
                    ["Events received", number(web.events_received_total)],
-                   ["POST latency p50", ms(web.post_latency_ms?.p50)],
-                   ["POST latency p99", ms(web.post_latency_ms?.p99)]];
+                   ["POST latency p50", ms(latencyOf(web).p50)],
+                   ["POST latency p99", ms(latencyOf(web).p99)]];
   ui.web.tBodies[0].replaceChildren(...webRows.map(([label, value]) =>
     el("tr", {}, el("th", { scope: "row" }, label), el("td", { class: "num" }, value))));
 
