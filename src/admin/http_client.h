@@ -1,10 +1,13 @@
-// A blocking HTTP/1.1 client for small requests to tidepool's admin endpoints (the CLI, the
-// pubsub queue backend's backlog reads). One connection per call; plain HTTP on loopback or a
-// trusted network.
+// A blocking HTTP/1.1 client for small requests: tidepool's admin endpoints (the CLI, the
+// pubsub queue backend's backlog reads; plain HTTP on loopback or a trusted network), and
+// OAuth2 token endpoints (HTTPS, the peer's certificate and host name verified). One connection
+// per call.
 #pragma once
 
 #include <chrono>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/status.h"
 
@@ -17,7 +20,12 @@ struct HttpCall {
   std::string body{};
   std::string content_type{};
   std::string bearer_token{};
+  std::vector<std::pair<std::string, std::string>> headers{};
   std::chrono::milliseconds timeout{10'000};
+  // HTTPS: the server's certificate must chain to the system's roots, or to the PEM file
+  // `ca_file` when set, and name the endpoint's host.
+  bool tls = false;
+  std::string ca_file{};
 };
 
 struct HttpReply {

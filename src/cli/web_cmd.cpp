@@ -20,8 +20,11 @@ constexpr char kWebUsage[] =
     "Usage: tidepool web [options]\n"
     "Serves the chat API, Server-Sent Events and the UI for the apps given.\n"
     "  --listen HOST:PORT          default 127.0.0.1:8080 (env TIDEPOOL_WEB_LISTEN)\n"
-    "  --broker HOST:PORT          the Pub/Sub endpoint (env PUBSUB_EMULATOR_HOST;\n"
-    "                              default 127.0.0.1:8085)\n"
+    "  --broker HOST:PORT          a tidepool broker or emulator, plaintext (env\n"
+    "                              PUBSUB_EMULATOR_HOST; default 127.0.0.1:8085 unless\n"
+    "                              GOOGLE_CLOUD_PROJECT is set: then Google Cloud Pub/Sub at\n"
+    "                              TIDEPOOL_PUBSUB_ENDPOINT or pubsub.googleapis.com:443, TLS,\n"
+    "                              Application Default Credentials)\n"
     "  --project ID                default tidepool (env GOOGLE_CLOUD_PROJECT)\n"
     "  --data-dir DIR              default ./tidepool-data (env TIDEPOOL_DATA_DIR)\n"
     "  --store URL                 sqlite:PATH or postgresql://... (env TIDEPOOL_STORE_URL;\n"
@@ -48,8 +51,9 @@ int RunWeb(const Args& args) {
   flags.data_dir = EnvOr("TIDEPOOL_DATA_DIR", "tidepool-data");
   flags.store = EnvOr("TIDEPOOL_STORE_URL", EnvOr("TIDEPOOL_STORE", ""));
   flags.api_keys_file = EnvOr("TIDEPOOL_WEB_API_KEYS_FILE", "");
-  std::string broker = EnvOr("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085");
-  std::string project = EnvOr("GOOGLE_CLOUD_PROJECT", "tidepool");
+  std::string broker = EnvOr("PUBSUB_EMULATOR_HOST", "");
+  const std::string google_project = EnvOr("GOOGLE_CLOUD_PROJECT", "");
+  std::string project = google_project.empty() ? "tidepool" : google_project;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& flag = args[i];
     if (flag == "--help" || flag == "-h") {
@@ -101,7 +105,17 @@ int RunWeb(const Args& args) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto queue = queue::OpenQueue({.backend = "pubsub", .project = project, .endpoint = broker});
+  std::string auth;
+  if (broker.empty() && !google_project.empty()) {
+    broker = EnvOr("TIDEPOOL_PUBSUB_ENDPOINT", "pubsub.googleapis.com:443");
+    auth = "google";
+  }
+  if (broker.empty()) broker = "127.0.0.1:8085";
+  auto queue = queue::OpenQueue({.backend = "pubsub",
+                                 .project = project,
+                                 .endpoint = broker,
+                                 .auth = auth,
+                                 .tls_ca_file = EnvOr("TIDEPOOL_PUBSUB_CA_FILE", "")});
   if (!queue.ok()) {
     std::fprintf(stderr, "tidepool web: cannot open the queue at %s: %s\n", broker.c_str(),
                  queue.status().ToString().c_str());

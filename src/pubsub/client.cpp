@@ -51,7 +51,8 @@ std::unique_ptr<PubsubClient> PubsubClient::Connect(const std::string& endpoint,
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff_ms);
   args.SetMaxReceiveMessageSize(12 * 1024 * 1024);
   args.SetMaxSendMessageSize(12 * 1024 * 1024);
-  auto channel = grpc::CreateCustomChannel(endpoint, grpc::InsecureChannelCredentials(), args);
+  auto credentials = options.credentials ? options.credentials : grpc::InsecureChannelCredentials();
+  auto channel = grpc::CreateCustomChannel(endpoint, credentials, args);
   return std::unique_ptr<PubsubClient>(new PubsubClient(std::move(channel), options));
 }
 

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include <grpcpp/security/credentials.h>
+
 #include "broker/message.h"
 #include "common/status.h"
 #include "google/pubsub/v1/pubsub.grpc.pb.h"
@@ -22,11 +24,14 @@ struct ClientOptions {
   // Reconnect quickly after the endpoint was unreachable (a broker restarting nearby),
   // instead of gRPC's default backoff of seconds.
   std::chrono::milliseconds max_reconnect_backoff{1'000};
+  // TLS and call credentials (pubsub/google_auth.h); null: plaintext, as to an emulator.
+  std::shared_ptr<grpc::ChannelCredentials> credentials{};
 };
 
 class PubsubClient {
  public:
-  // Connects lazily to `endpoint` ("HOST:PORT", plaintext, as PUBSUB_EMULATOR_HOST).
+  // Connects lazily to `endpoint` ("HOST:PORT"; plaintext as PUBSUB_EMULATOR_HOST unless
+  // options.credentials say otherwise).
   static std::unique_ptr<PubsubClient> Connect(const std::string& endpoint,
                                                ClientOptions options = {});
 

@@ -7,10 +7,12 @@
 #include <boost/asio/thread_pool.hpp>
 #include <chrono>
 #include <deque>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <optional>
 #include <set>
+#include <sstream>
 
 #include "google/pubsub/v1/pubsub.grpc.pb.h"
 #include "google/rpc/error_details.pb.h"
@@ -823,15 +825,73 @@ PubsubServer::~PubsubServer() {
   Shutdown(0);
 }
 
+namespace {
+
+// Checks the bearer token of every call before it reaches a service.
+class TokenCheck : public grpc::AuthMetadataProcessor {
+ public:
+  explicit TokenCheck(std::function<bool(const std::string&)> authorize)
+      : authorize_(std::move(authorize)) {}
+  bool IsBlocking() const override { return false; }
+  grpc::Status Process(const InputMetadata& metadata, grpc::AuthContext*, OutputMetadata* consumed,
+                       OutputMetadata*) override {
+    std::string token;
+    if (auto it = metadata.find("authorization"); it != metadata.end()) {
+      const std::string value(it->second.data(), it->second.size());
+      if (value.starts_with("Bearer ")) token = value.substr(7);
+      consumed->emplace("authorization", value);
+    }
+    if (token.empty()) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                          "this endpoint needs \"authorization: Bearer TOKEN\"");
+    }
+    if (!authorize_(token)) {
+      return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "the access token was not accepted");
+    }
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::function<bool(const std::string&)> authorize_;
+};
+
+Result<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const ServerOptions& options) {
+  if (options.tls_cert_file.empty() && options.tls_key_file.empty()) {
+    if (options.authorize) {
+      return Status::InvalidArgument("a token check needs TLS (tls_cert_file and tls_key_file)");
+    }
+    return grpc::InsecureServerCredentials();
+  }
+  auto read = [](const std::string& path, const char* what) -> Result<std::string> {
+    std::ifstream in(path);
+    if (!in) return Status::NotFound(std::string("cannot read the TLS ") + what + " " + path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+  };
+  TP_ASSIGN_OR_RETURN(std::string cert, read(options.tls_cert_file, "certificate"));
+  TP_ASSIGN_OR_RETURN(std::string key, read(options.tls_key_file, "key"));
+  grpc::SslServerCredentialsOptions tls;
+  tls.pem_key_cert_pairs.push_back({key, cert});
+  auto credentials = grpc::SslServerCredentials(tls);
+  if (options.authorize) {
+    credentials->SetAuthMetadataProcessor(std::make_shared<TokenCheck>(options.authorize));
+  }
+  return credentials;
+}
+
+}  // namespace
+
 Result<std::unique_ptr<PubsubServer>> PubsubServer::Start(broker::Broker* broker,
                                                           ServerOptions options) {
+  TP_ASSIGN_OR_RETURN(auto credentials, ServerCredentials(options));
   auto impl = std::make_unique<Impl>(std::max(1, options.executor_threads));
   impl->broker = broker;
   impl->options = options;
   auto publisher = std::make_shared<PublisherService>(impl.get());
   auto subscriber = std::make_shared<SubscriberService>(impl.get());
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen, grpc::InsecureServerCredentials(), &impl->port);
+  builder.AddListeningPort(options.listen, credentials, &impl->port);
   builder.SetMaxReceiveMessageSize(options.max_receive_message_bytes);
   builder.SetMaxSendMessageSize(options.max_receive_message_bytes);
   builder.RegisterService(publisher.get());

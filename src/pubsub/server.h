@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -24,6 +25,12 @@ struct ServerOptions {
   int64_t pull_wait_micros = 5ll * 1000 * 1000;
   // Largest message a client may send (a 10 MB publish plus protobuf overhead).
   int max_receive_message_bytes = 12 * 1024 * 1024;
+  // TLS: PEM files of the server's certificate chain and key; both empty: plaintext.
+  std::string tls_cert_file{};
+  std::string tls_key_file{};
+  // With TLS: called with the bearer token of each call ("" when it has none); false answers
+  // UNAUTHENTICATED. Unset: no token is needed.
+  std::function<bool(const std::string& token)> authorize{};
 };
 
 class PubsubServer {

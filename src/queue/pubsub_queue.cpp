@@ -33,6 +33,7 @@
 #include "google/rpc/status.pb.h"
 #include "pubsub/client.h"
 #include "pubsub/convert.h"
+#include "pubsub/google_auth.h"
 #include "queue/backends.h"
 
 namespace tidepool::queue::internal {
@@ -260,10 +261,9 @@ class PubsubStream final : public MessageStream {
 
 class PubsubQueue final : public Queue {
  public:
-  explicit PubsubQueue(const QueueOptions& options)
+  PubsubQueue(const QueueOptions& options, pubsub::ClientOptions client_options)
       : options_(options),
-        client_(pubsub::PubsubClient::Connect(
-            options.endpoint, pubsub::ClientOptions{.call_timeout = options.call_timeout})) {}
+        client_(pubsub::PubsubClient::Connect(options.endpoint, std::move(client_options))) {}
 
   Status EnsureTopic(const std::string& topic) override {
     TP_ASSIGN_OR_RETURN(std::string path,
@@ -930,7 +930,18 @@ Result<std::unique_ptr<Queue>> OpenPubsubQueue(const QueueOptions& options) {
         "queue backend \"pubsub\" needs QueueOptions::endpoint (HOST:PORT of a Pub/Sub "
         "endpoint)");
   }
-  return std::unique_ptr<Queue>(new PubsubQueue(options));
+  pubsub::ClientOptions client{.call_timeout = options.call_timeout};
+  if (options.auth == "google") {
+    TP_ASSIGN_OR_RETURN(auto fetcher,
+                        pubsub::DefaultTokens(pubsub::kPubsubScope, options.tls_ca_file));
+    auto tokens = std::make_shared<pubsub::TokenCache>(std::move(fetcher));
+    TP_ASSIGN_OR_RETURN(client.credentials,
+                        pubsub::TokenChannelCredentials(std::move(tokens), options.tls_ca_file));
+  } else if (!options.auth.empty()) {
+    return Status::InvalidArgument("queue auth \"" + options.auth +
+                                   "\" is not known (\"\" or \"google\")");
+  }
+  return std::unique_ptr<Queue>(new PubsubQueue(options, std::move(client)));
 }
 
 }  // namespace tidepool::queue::internal

@@ -173,6 +173,12 @@ struct QueueOptions {
   std::string endpoint{};
   std::string admin_endpoint{};
   std::chrono::milliseconds call_timeout{30'000};
+  // pubsub: "" for plaintext without credentials (an emulator, a tidepool broker on a trusted
+  // network), or "google": TLS and OAuth2 access tokens from Application Default Credentials
+  // (the GOOGLE_APPLICATION_CREDENTIALS key file, else the metadata server), as Google Cloud
+  // Pub/Sub (pubsub.googleapis.com:443) requires.
+  std::string auth{};
+  std::string tls_ca_file{};  // PEM roots to trust instead of the system's (a private CA)
 };
 
 Result<std::unique_ptr<Queue>> OpenQueue(const QueueOptions& options);

@@ -641,11 +641,21 @@ Result<WorkerEnv> ParseWorkerEnv(const std::function<const char*(const char*)>& 
   WorkerEnv env;
   env.options = std::move(defaults);
   env.endpoint = value("PUBSUB_EMULATOR_HOST");
-  if (env.endpoint.empty()) {
-    return Status::InvalidArgument("PUBSUB_EMULATOR_HOST is not set (HOST:PORT of the broker)");
-  }
   env.project = value("GOOGLE_CLOUD_PROJECT");
   if (env.project.empty()) env.project = value("PUBSUB_PROJECT_ID");
+  if (env.endpoint.empty()) {
+    // No emulator: Google Cloud Pub/Sub (Cloud Run worker pools), over TLS with the
+    // credentials of the environment (docs/deploy.md).
+    env.endpoint = value("TIDEPOOL_PUBSUB_ENDPOINT");
+    if (env.endpoint.empty()) env.endpoint = "pubsub.googleapis.com:443";
+    env.auth = "google";
+    env.tls_ca_file = value("TIDEPOOL_PUBSUB_CA_FILE");
+    if (env.project.empty()) {
+      return Status::InvalidArgument(
+          "GOOGLE_CLOUD_PROJECT is not set: Google Cloud Pub/Sub needs the project (or set "
+          "PUBSUB_EMULATOR_HOST to HOST:PORT of a tidepool broker)");
+    }
+  }
   if (env.project.empty()) env.project = "tidepool";
   std::string subscription = value("TIDEPOOL_SUBSCRIPTION");
   if (!subscription.empty()) env.options.subscription = subscription;
@@ -712,8 +722,11 @@ int RunWorkerMain(const HandlerSetup& setup, RuntimeOptions defaults) {
     return 2;
   }
   const std::string& prefix = env->options.log_prefix;
-  auto queue =
-      queue::OpenQueue({.backend = "pubsub", .project = env->project, .endpoint = env->endpoint});
+  auto queue = queue::OpenQueue({.backend = "pubsub",
+                                 .project = env->project,
+                                 .endpoint = env->endpoint,
+                                 .auth = env->auth,
+                                 .tls_ca_file = env->tls_ca_file});
   if (!queue.ok()) {
     Logf(prefix, "cannot open the queue at %s: %s", env->endpoint.c_str(),
          queue.status().ToString().c_str());

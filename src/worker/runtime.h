@@ -120,7 +120,9 @@ class Runtime {
 };
 
 // The main of a worker process started by a pool (docs/workers.md): reads the environment
-// contract (PUBSUB_EMULATOR_HOST, GOOGLE_CLOUD_PROJECT / PUBSUB_PROJECT_ID,
+// contract (PUBSUB_EMULATOR_HOST — without it, Google Cloud Pub/Sub at TIDEPOOL_PUBSUB_ENDPOINT
+// or pubsub.googleapis.com:443 with TLS and Application Default Credentials —,
+// GOOGLE_CLOUD_PROJECT / PUBSUB_PROJECT_ID,
 // TIDEPOOL_SUBSCRIPTION, TIDEPOOL_POOL / _REVISION / _INSTANCE, TIDEPOOL_GRACE_PERIOD_SECONDS,
 // TIDEPOOL_STATUS_FD) over `defaults`, opens the pubsub queue, drains on SIGTERM / SIGINT.
 // Returns the process exit code: 0 after a clean drain, 1 when the stream failed for good,
@@ -133,6 +135,9 @@ int RunWorkerMain(Handler handler, RuntimeOptions defaults = {});
 struct WorkerEnv {
   std::string endpoint{};
   std::string project{};
+  // "" (plaintext: PUBSUB_EMULATOR_HOST) or "google" (TLS + Application Default Credentials).
+  std::string auth{};
+  std::string tls_ca_file{};
   RuntimeOptions options{};
 };
 

@@ -112,9 +112,21 @@ TEST(WorkerEnvTest, RequiredVariablesAndDefaults) {
     auto it = vars.find(name);
     return it == vars.end() ? nullptr : it->second.c_str();
   };
+  // Without an emulator: Google Cloud Pub/Sub, which needs the project.
   auto missing = ParseWorkerEnv(lookup, {});
   ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("GOOGLE_CLOUD_PROJECT"), std::string::npos);
   EXPECT_NE(missing.status().message().find("PUBSUB_EMULATOR_HOST"), std::string::npos);
+  vars["GOOGLE_CLOUD_PROJECT"] = "shop-prod";
+  vars["TIDEPOOL_SUBSCRIPTION"] = "chat-requests";
+  auto cloud = ParseWorkerEnv(lookup, {});
+  ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
+  EXPECT_EQ(cloud->endpoint, "pubsub.googleapis.com:443");
+  EXPECT_EQ(cloud->auth, "google");
+  vars["TIDEPOOL_PUBSUB_ENDPOINT"] = "europe-west1-pubsub.googleapis.com:443";
+  EXPECT_EQ(ParseWorkerEnv(lookup, {})->endpoint, "europe-west1-pubsub.googleapis.com:443");
+  vars.erase("GOOGLE_CLOUD_PROJECT");
+  vars.erase("TIDEPOOL_SUBSCRIPTION");
 
   vars["PUBSUB_EMULATOR_HOST"] = "127.0.0.1:8085";
   missing = ParseWorkerEnv(lookup, {});
@@ -125,6 +137,7 @@ TEST(WorkerEnvTest, RequiredVariablesAndDefaults) {
   auto env = ParseWorkerEnv(lookup, {});
   ASSERT_TRUE(env.ok()) << env.status().ToString();
   EXPECT_EQ(env->endpoint, "127.0.0.1:8085");
+  EXPECT_EQ(env->auth, "") << "an emulator is reached in plaintext";
   EXPECT_EQ(env->project, "tidepool");
   EXPECT_EQ(env->options.subscription, "chat-requests");
   EXPECT_EQ(env->options.status_fd, -1);
