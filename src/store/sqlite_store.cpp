@@ -1,11 +1,20 @@
-// The SQLite engine: one file, one connection guarded by a mutex, prepared statements kept for
-// the connection's life. Several processes may open the same file: writes take the database's
-// write lock up front (BEGIN IMMEDIATE) and wait for it up to kBusyTimeoutMs.
+// The SQLite engine: one file, two connections with their prepared statements — one for
+// writes, one for reads — each guarded by a mutex. Several processes may open the same file:
+// writes take the database's write lock up front (BEGIN IMMEDIATE) and wait for it up to
+// kBusyTimeout.
+//
+// Group commit (as in LevelDB): each commit is an fsync (synchronous=FULL), so writes that
+// arrive while one is being committed queue up, and the first of them commits them all in one
+// transaction, each inside its own savepoint (a write that fails is rolled back alone). Reads use
+// their own connection and never wait for an fsync: WAL lets them see every committed write.
 #include <sqlite3.h>
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
+#include <deque>
 #include <filesystem>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -25,6 +34,8 @@ using internal::NowMicros;
 // How long a call waits for another process's write lock (UNAVAILABLE after).
 constexpr std::chrono::milliseconds kBusyTimeout{5'000};
 constexpr std::chrono::milliseconds kBusyRetryPause{10};
+// Writes committed together at most: bounds the time the first of them waits for the last.
+constexpr size_t kMaxGroup = 256;
 
 // The columns ReadMessage reads, in its order.
 #define TP_MESSAGE_COLUMNS \
@@ -157,6 +168,9 @@ struct Statements {
   Statement begin_immediate;
   Statement commit;
   Statement rollback;
+  Statement savepoint;
+  Statement release_savepoint;
+  Statement rollback_to_savepoint;
   Statement insert_conversation;
   Statement get_conversation;
   Statement conversation_next_seq;
@@ -175,6 +189,9 @@ struct Statements {
         {&begin_immediate, "BEGIN IMMEDIATE"},
         {&commit, "COMMIT"},
         {&rollback, "ROLLBACK"},
+        {&savepoint, "SAVEPOINT one_write"},
+        {&release_savepoint, "RELEASE one_write"},
+        {&rollback_to_savepoint, "ROLLBACK TO one_write"},
         {&insert_conversation,
          "INSERT INTO conversations (id, app, created_micros) VALUES (?, ?, ?) "
          "ON CONFLICT (id) DO NOTHING"},
@@ -217,6 +234,13 @@ class SqliteTransaction final : public internal::WriteTransaction {
 
   Status Begin() { return Run(db_, s_.begin_immediate, "begin").Execute(); }
   Status Commit() { return Run(db_, s_.commit, "commit").Execute(); }
+  // One write of a group: its changes are kept (Release) or undone (Undo) on their own.
+  Status Savepoint() { return Run(db_, s_.savepoint, "savepoint").Execute(); }
+  Status Release() { return Run(db_, s_.release_savepoint, "release savepoint").Execute(); }
+  Status Undo() {
+    TP_RETURN_IF_ERROR(Run(db_, s_.rollback_to_savepoint, "rollback to savepoint").Execute());
+    return Release();
+  }
 
   Result<std::optional<int64_t>> LockConversation(const std::string& id) override {
     // The write lock taken by BEGIN IMMEDIATE already covers the conversation.
@@ -302,25 +326,38 @@ class SqliteStore final : public Store {
     TP_RETURN_IF_ERROR(store->Configure("configure " + path));
     TP_RETURN_IF_ERROR(store->Migrate());
     TP_RETURN_IF_ERROR(store->statements_.Prepare(db));
+    // The reading connection, opened once the schema exists.
+    sqlite3* reader = nullptr;
+    const int read_rc = sqlite3_open_v2(path.c_str(), &reader,
+                                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
+    store->read_db_.reset(reader);
+    if (read_rc != SQLITE_OK) {
+      return Status::Unavailable("sqlite: cannot open " + path + " for reading: " +
+                                 (reader != nullptr ? sqlite3_errmsg(reader) : "out of memory"));
+    }
+    sqlite3_extended_result_codes(reader, 1);
+    sqlite3_busy_timeout(reader, static_cast<int>(kBusyTimeout.count()));
+    TP_RETURN_IF_ERROR(store->read_statements_.Prepare(reader));
     return std::unique_ptr<Store>(std::move(store));
   }
 
   Status CreateConversation(const Conversation& conversation) override {
     TP_ASSIGN_OR_RETURN(const Conversation prepared, internal::PrepareConversation(conversation));
-    std::lock_guard lock(mu_);
-    Run run(db(), statements_.insert_conversation, "create conversation");
-    TP_RETURN_IF_ERROR(
-        run.Text(prepared.id).Text(prepared.app).Int(prepared.created_micros).Execute());
-    if (run.Changes() == 0) {
-      return Status::AlreadyExists("store: conversation " + prepared.id + " exists");
-    }
-    return Status::Ok();
+    return Write([&](SqliteTransaction&) -> Status {
+      Run run(db(), statements_.insert_conversation, "create conversation");
+      TP_RETURN_IF_ERROR(
+          run.Text(prepared.id).Text(prepared.app).Int(prepared.created_micros).Execute());
+      if (run.Changes() == 0) {
+        return Status::AlreadyExists("store: conversation " + prepared.id + " exists");
+      }
+      return Status::Ok();
+    });
   }
 
   Result<std::optional<Conversation>> GetConversation(const std::string& id) override {
     TP_RETURN_IF_ERROR(internal::CheckId("conversation id", id));
-    std::lock_guard lock(mu_);
-    Run run(db(), statements_.get_conversation, "get conversation");
+    std::lock_guard lock(read_mu_);
+    Run run(read_db(), read_statements_.get_conversation, "get conversation");
     TP_ASSIGN_OR_RETURN(const bool found, run.Text(id).Step());
     if (!found) return std::optional<Conversation>();
     return std::optional<Conversation>(
@@ -338,17 +375,18 @@ class SqliteStore final : public Store {
 
   Status MarkPublished(const std::string& message_id) override {
     TP_RETURN_IF_ERROR(internal::CheckId("message id", message_id));
-    std::lock_guard lock(mu_);
-    Run run(db(), statements_.mark_published, "mark published");
-    TP_RETURN_IF_ERROR(run.Text(message_id).Execute());
-    if (run.Changes() == 0) return Status::NotFound("store: no user message " + message_id);
-    return Status::Ok();
+    return Write([&](SqliteTransaction&) -> Status {
+      Run run(db(), statements_.mark_published, "mark published");
+      TP_RETURN_IF_ERROR(run.Text(message_id).Execute());
+      if (run.Changes() == 0) return Status::NotFound("store: no user message " + message_id);
+      return Status::Ok();
+    });
   }
 
   Result<std::vector<StoredMessage>> Unpublished(int64_t before_micros, int limit) override {
     TP_RETURN_IF_ERROR(internal::CheckLimit(limit));
-    std::lock_guard lock(mu_);
-    Run run(db(), statements_.unpublished, "list unpublished");
+    std::lock_guard lock(read_mu_);
+    Run run(read_db(), read_statements_.unpublished, "list unpublished");
     run.Int(before_micros).Int(limit);
     return ReadMessages(run);
   }
@@ -363,15 +401,15 @@ class SqliteStore final : public Store {
                                              int limit) override {
     TP_RETURN_IF_ERROR(internal::CheckId("conversation id", conversation_id));
     TP_RETURN_IF_ERROR(internal::CheckLimit(limit));
-    std::lock_guard lock(mu_);
+    std::lock_guard lock(read_mu_);
     std::vector<StoredMessage> messages;
     {
-      Run run(db(), statements_.history, "read history");
+      Run run(read_db(), read_statements_.history, "read history");
       run.Text(conversation_id).Int(limit);
       TP_ASSIGN_OR_RETURN(messages, ReadMessages(run));
     }
     if (messages.empty()) {
-      Run run(db(), statements_.conversation_next_seq, "read conversation");
+      Run run(read_db(), read_statements_.conversation_next_seq, "read conversation");
       TP_ASSIGN_OR_RETURN(const bool found, run.Text(conversation_id).Step());
       if (!found) return Status::NotFound("store: no conversation " + conversation_id);
     }
@@ -382,8 +420,8 @@ class SqliteStore final : public Store {
   Status Ping() override { return SchemaVersion().status(); }
 
   Result<int> SchemaVersion() override {
-    std::lock_guard lock(mu_);
-    Run run(db(), statements_.schema_version, "read schema version");
+    std::lock_guard lock(read_mu_);
+    Run run(read_db(), read_statements_.schema_version, "read schema version");
     TP_ASSIGN_OR_RETURN(const bool found, run.Step());
     if (!found) return Status::Internal("sqlite: no schema version");
     return static_cast<int>(run.ColumnInt(0));
@@ -395,17 +433,75 @@ class SqliteStore final : public Store {
   SqliteStore() = default;
 
   sqlite3* db() const { return db_.get(); }
+  sqlite3* read_db() const { return read_db_.get(); }
 
-  // Runs `steps` in a write transaction; commits when they succeed.
+  // A write waiting in the group-commit queue; its caller waits until `done`.
+  struct PendingWrite {
+    std::function<Status(SqliteTransaction&)> apply;
+    Status status;
+    bool done = false;
+  };
+
+  // Runs `steps` in a write transaction, committed (fsync'd) with the writes queued beside it;
+  // returns once it is durable, or failed.
   template <typename Steps>
   auto Write(Steps&& steps) -> decltype(steps(std::declval<SqliteTransaction&>())) {
-    std::lock_guard lock(mu_);
-    SqliteTransaction tx(db(), statements_);
-    TP_RETURN_IF_ERROR(tx.Begin());
-    auto result = steps(tx);
-    if (!result.ok()) return result;
-    TP_RETURN_IF_ERROR(tx.Commit());
-    return result;
+    using R = decltype(steps(std::declval<SqliteTransaction&>()));
+    std::optional<R> result;
+    PendingWrite write;
+    write.apply = [&](SqliteTransaction& tx) -> Status {
+      result.emplace(steps(tx));
+      if constexpr (std::is_same_v<R, Status>) {
+        return *result;
+      } else {
+        return result->status();
+      }
+    };
+    CommitInGroup(write);
+    if (!write.status.ok() || !result) return R(write.status);
+    return std::move(*result);
+  }
+
+  // Queues `write`; the first queued write commits the group it heads, the others wait.
+  void CommitInGroup(PendingWrite& write) {
+    std::unique_lock lock(queue_mu_);
+    queue_.push_back(&write);
+    queue_cv_.wait(lock, [&] { return write.done || queue_.front() == &write; });
+    if (write.done) return;
+    const size_t n = std::min(queue_.size(), kMaxGroup);
+    std::vector<PendingWrite*> group(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
+    lock.unlock();
+    {
+      std::lock_guard db_lock(mu_);
+      SqliteTransaction tx(db(), statements_);
+      Status began = tx.Begin();
+      for (PendingWrite* w : group) {
+        if (!began.ok()) {
+          w->status = began;
+          continue;
+        }
+        w->status = tx.Savepoint();
+        if (!w->status.ok()) continue;
+        w->status = w->apply(tx);
+        Status kept = w->status.ok() ? tx.Release() : tx.Undo();
+        if (!kept.ok()) w->status = kept;
+      }
+      if (began.ok()) {
+        // A failed commit undoes every write of the group: each learns it failed.
+        Status committed = tx.Commit();
+        if (!committed.ok()) {
+          for (PendingWrite* w : group) {
+            if (w->status.ok()) w->status = committed;
+          }
+        }
+      }
+    }
+    lock.lock();
+    for (size_t i = 0; i < n; ++i) {
+      queue_.front()->done = true;
+      queue_.pop_front();
+    }
+    queue_cv_.notify_all();
   }
 
   static Result<std::vector<StoredMessage>> ReadMessages(Run& run) {
@@ -497,9 +593,15 @@ class SqliteStore final : public Store {
     return Status::Ok();
   }
 
-  std::mutex mu_;  // one connection: every statement runs under it
+  std::mutex queue_mu_;  // the group-commit queue
+  std::condition_variable queue_cv_;
+  std::deque<PendingWrite*> queue_;
+  std::mutex mu_;  // the writing connection: every statement on it runs under it
   std::unique_ptr<sqlite3, DbCloser> db_;
   Statements statements_;  // finalized before db_ is closed (declared after it)
+  std::mutex read_mu_;     // the reading connection
+  std::unique_ptr<sqlite3, DbCloser> read_db_;
+  Statements read_statements_;
 };
 
 }  // namespace

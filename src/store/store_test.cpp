@@ -297,6 +297,40 @@ TEST_P(StoreTest, ConcurrentAddsGetDistinctConsecutiveSeqs) {
   }
 }
 
+// Writes that run together (SQLite commits concurrent writes in one transaction) succeed or
+// fail each on its own: the refused ones change nothing, the others are all kept.
+TEST_P(StoreTest, AmongConcurrentWritesAFailingOneFailsAlone) {
+  ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("taken"))));
+  constexpr int kWriters = 64;
+  std::vector<Status> created(kWriters, Status::Internal("not run"));
+  std::vector<Result<AddResult>> added(kWriters, Status::Internal("not run"));
+  RunConcurrently(kWriters, [&](int i) {
+    // Every fourth writer asks for a conversation that exists, or adds to one that does not.
+    const bool refused = i % 4 == 0;
+    const std::string id = refused ? "taken" : "c" + std::to_string(i);
+    created[i] = store_->CreateConversation(MakeConversation(id));
+    added[i] = store_->AddUserMessage(
+        UserMessage(refused ? "absent-" + std::to_string(i) : id, "m" + std::to_string(i), "hi"),
+        "");
+  });
+  for (int i = 0; i < kWriters; ++i) {
+    if (i % 4 == 0) {
+      EXPECT_EQ(created[i].code(), StatusCode::kAlreadyExists) << i;
+      EXPECT_EQ(added[i].status().code(), StatusCode::kNotFound) << i;
+      continue;
+    }
+    ASSERT_TRUE(IsOk(created[i])) << i;
+    ASSERT_TRUE(IsOk(added[i])) << i;
+    auto history = store_->History("c" + std::to_string(i), 10);
+    ASSERT_TRUE(IsOk(history));
+    ASSERT_EQ(history->size(), 1u) << i;
+    EXPECT_EQ(history->front().id, "m" + std::to_string(i));
+  }
+  auto taken = store_->History("taken", 10);
+  ASSERT_TRUE(IsOk(taken));
+  EXPECT_TRUE(taken->empty());
+}
+
 TEST_P(StoreTest, ASecondReplyToARequestIsNotStored) {
   ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
   ASSERT_TRUE(IsOk(store_->AddUserMessage(UserMessage("c1", "m1", "which scent?"), "")));

@@ -153,7 +153,9 @@ struct WebService::Impl {
   store::Store* store = nullptr;
   queue::Queue* queue = nullptr;
   std::unique_ptr<HttpServer> server;
-  asio::thread_pool blocking{4};
+  // Store calls block (a commit waits for its fsync): enough threads that concurrent writes
+  // queue in the store and commit together instead of waiting here one by one.
+  asio::thread_pool blocking{16};
   EventHub hub;
   std::map<std::string, AppInfo> apps;
   std::map<std::string, std::unique_ptr<queue::Publisher>> publishers;  // by app
