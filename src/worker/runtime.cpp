@@ -56,6 +56,8 @@ constexpr int kDrainSafetyDivisor = 10;
 // After cancelling, how long the runtime waits for the cancelled coroutines to return before
 // it stops the io_context under them.
 constexpr std::chrono::milliseconds kCancelledExitWait{500};
+// RunWorkerMain exits on its own this long after its grace period when a drain hangs.
+constexpr std::chrono::milliseconds kDrainSlack{10'000};
 // Local delivery counts (for backends that report no delivery_attempt) are forgotten past this
 // many messages, so that messages settled elsewhere cannot grow the map without bound.
 constexpr size_t kMaxLocalAttemptEntries = 100'000;
@@ -739,20 +741,42 @@ int RunWorkerMain(const HandlerSetup& setup, RuntimeOptions defaults) {
   }
   Runtime runtime(**queue, env->options, std::move(handler).value());
   std::atomic<bool> finished{false};
+  // The drain's deadline: a worker whose broker is gone (its supervisor and broker killed
+  // together) can wait on settle calls that never complete, and nobody would SIGKILL it after
+  // its grace period. It exits on its own grace_period + kDrainSlack after the first signal.
+  std::mutex deadline_mu;
+  std::condition_variable deadline_cv;
+  std::thread deadline_thread;
   std::thread signal_thread([&] {
     for (;;) {
       int sig = 0;
       if (sigwait(&drain_signals, &sig) != 0) continue;
       if (finished) return;
       Logf(prefix, "%s received", sig == SIGINT ? "SIGINT" : "SIGTERM");
+      if (!deadline_thread.joinable()) {
+        const auto limit = env->options.grace_period + kDrainSlack;
+        deadline_thread = std::thread([&, limit] {
+          std::unique_lock lock(deadline_mu);
+          if (deadline_cv.wait_for(lock, limit, [&] { return finished.load(); })) return;
+          Logf(prefix, "drain did not end within the grace period + %lld s: exiting now",
+               static_cast<long long>(
+                   std::chrono::duration_cast<std::chrono::seconds>(kDrainSlack).count()));
+          std::_Exit(1);
+        });
+      }
       runtime.Drain();
     }
   });
   Status status = runtime.Run();
-  finished = true;
+  {
+    std::lock_guard lock(deadline_mu);
+    finished = true;
+  }
+  deadline_cv.notify_all();
   // Wakes the sigwait thread so that it sees `finished`.
   pthread_kill(signal_thread.native_handle(), SIGTERM);
   signal_thread.join();
+  if (deadline_thread.joinable()) deadline_thread.join();
   if (!status.ok()) {
     Logf(prefix, "fatal: %s", status.ToString().c_str());
     return 1;
