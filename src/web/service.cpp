@@ -156,6 +156,9 @@ struct WebService::Impl {
   // Store calls block (a commit waits for its fsync): enough threads that concurrent writes
   // queue in the store and commit together instead of waiting here one by one.
   asio::thread_pool blocking{16};
+  // Final replies are stored on their own threads: under load thousands of them arrive at
+  // once, and in `blocking`'s FIFO queue they would hold up the POSTs behind them.
+  asio::thread_pool replies{4};
   EventHub hub;
   std::map<std::string, AppInfo> apps;
   std::map<std::string, std::unique_ptr<queue::Publisher>> publishers;  // by app
@@ -540,7 +543,7 @@ struct WebService::Impl {
         reply.cards_json = json::serialize(*cards);
       }
       reply.created_micros = NowMicros();
-      asio::post(blocking, [this, reply, ack = d.ack_id] {
+      asio::post(replies, [this, reply, ack = d.ack_id] {
         auto stored = store->AddReply(reply);
         if (stored.ok() || stored.status().code() == StatusCode::kNotFound ||
             stored.status().code() == StatusCode::kInvalidArgument) {
@@ -778,7 +781,8 @@ void WebService::Stop(std::chrono::milliseconds grace) {
   if (s.sweeper.joinable()) s.sweeper.join();
   s.server->Stop(grace);
   if (s.events) s.events->StopPulling();
-  s.blocking.join();  // replies being stored are stored and acked
+  s.blocking.join();
+  s.replies.join();  // replies being stored are stored and acked
   if (s.events) s.events->Close();
   s.publishers.clear();  // flushes
   s.events.reset();
