@@ -88,5 +88,6 @@ class BackendThread {
 
 Result<std::unique_ptr<Queue>> OpenEmbeddedQueue(const QueueOptions& options);
 Result<std::unique_ptr<Queue>> OpenPubsubQueue(const QueueOptions& options);
+Result<std::unique_ptr<Queue>> OpenNatsQueue(const QueueOptions& options);
 
 }  // namespace tidepool::queue::internal

@@ -47,10 +47,7 @@ Result<std::unique_ptr<Queue>> OpenQueue(const QueueOptions& options) {
   }
   if (options.backend == "embedded") return internal::OpenEmbeddedQueue(options);
   if (options.backend == "pubsub") return internal::OpenPubsubQueue(options);
-  if (options.backend == "nats") {
-    return Status::Unimplemented(
-        "queue backend \"nats\" is not built yet (issue 7); use \"embedded\" or \"pubsub\"");
-  }
+  if (options.backend == "nats") return internal::OpenNatsQueue(options);
   return Status::InvalidArgument("unknown queue backend \"" + options.backend +
                                  "\" (expected \"embedded\", \"pubsub\" or \"nats\")");
 }

@@ -5,9 +5,10 @@
 //   embedded  the in-process broker (src/broker), used by `tidepool up`
 //   pubsub    any Pub/Sub v1 endpoint over gRPC: a remote `tidepool broker`, or Google Cloud
 //             Pub/Sub
-//   nats      (issue 7) NATS JetStream: subscription = durable pull consumer; Pull maps to a
-//             fetch with batch + expiry, Nack(delay) to NAK with delay, ExtendLease to
-//             in-progress, Terminate to TERM (+ republish to the dead-letter subject)
+//   nats      NATS JetStream (docs/queue-nats.md): topic = stream, subscription = durable
+//             pull consumer; Pull and streams send JetStream pull requests of their own (not
+//             natsSubscription_Fetch), Nack(delay) is NAK with delay, ExtendLease is
+//             in-progress, Terminate is TERM after a republish to the dead-letter topic
 //
 // Names: a topic or subscription is either a full Pub/Sub path ("projects/P/topics/T",
 // "projects/P/subscriptions/S") or a short id ("T", "S") completed with the backend's project.
@@ -179,6 +180,19 @@ struct QueueOptions {
   // Pub/Sub (pubsub.googleapis.com:443) requires.
   std::string auth{};
   std::string tls_ca_file{};  // PEM roots to trust instead of the system's (a private CA)
+  // nats: the servers of the JetStream cluster ("nats://HOST:PORT"; the client reconnects to
+  // any of them), and the replicas of every stream, consumer and the subscription directory
+  // (3 in a production cluster, 1 on a single server).
+  std::vector<std::string> nats_servers{};
+  int nats_replicas = 1;
+  // Prefix of every stream, subject and bucket the backend creates: letters, digits and '-'.
+  // Deployments (or tests) with different prefixes share a NATS account without meeting.
+  std::string nats_prefix = "tidepool";
+  // Most leases a consumer hands out at once across all its clients (JetStream MaxAckPending).
+  int64_t nats_max_ack_pending = 20'000;
+  // How long one second of ack deadline, lease, nack delay or backoff lasts on the NATS side.
+  // Always 1 s in production; tests shrink it to run lease expiry in real time.
+  std::chrono::milliseconds nats_second{1'000};
 };
 
 Result<std::unique_ptr<Queue>> OpenQueue(const QueueOptions& options);
