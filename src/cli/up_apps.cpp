@@ -39,7 +39,8 @@ std::string AppPoolYaml(const pipeline::AppSpec& app, const std::string& spec_fi
   }
   args += "]\n";
   return "name: " + app.name + "\n" + "subscription: " + app.request_subscription + "\n" +
-         "command: " + quoted(self) + "\n" + args + env + "grace_period: 30s\n" + "autoscaling:\n" +
+         "command: " + quoted(self) + "\n" + args + env + "grace_period: 30s\n" +
+         "nice: " + std::to_string(config.app_nice) + "\n" + "autoscaling:\n" +
          "  min: " + std::to_string(config.app_min_instances) + "\n" +
          "  max: " + std::to_string(config.app_max_instances) + "\n" + "  triggers:\n" +
          "    - {type: backlog, target: " + std::to_string(config.app_backlog_target) + "}\n";
@@ -102,6 +103,7 @@ Result<UpApps> StartUpApps(const UpConfig& config, broker::Broker* broker, queue
     llm::sim::SimOptions so;
     so.listen = config.llm_sim_listen;
     so.threads = 1;
+    so.nice = static_cast<int>(config.app_nice);
     so.ttft = llm::sim::TtftModel::Lognormal(350, 1200);
     so.tokens_per_second = 40;
     so.output_tokens_min = 60;

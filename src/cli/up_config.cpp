@@ -77,6 +77,8 @@ const std::vector<Setting>& Settings() {
        "N: workers per app at most"},
       {"apps", "backlog_target", Kind::kCount, &UpConfig::app_backlog_target, nullptr, nullptr,
        "N: undelivered requests per worker the autoscaler aims at"},
+      {"apps", "nice", Kind::kCount, &UpConfig::app_nice, nullptr, nullptr,
+       "N: CPU priority (nice 0-19) of the app workers and llm-sim, below the web tier's"},
   };
   return settings;
 }
@@ -316,6 +318,10 @@ Result<UpConfig> LoadUpConfig(ConfigCommand command, const Args& args) {
     return Status::InvalidArgument(
         "apps.min_instances (" + std::to_string(config.app_min_instances) +
         ") is above apps.max_instances (" + std::to_string(config.app_max_instances) + ")");
+  }
+  if (config.app_nice > 19) {
+    return Status::InvalidArgument("apps.nice must be in 0-19, not " +
+                                   std::to_string(config.app_nice));
   }
   if (config.app_backlog_target < 1) {
     return Status::InvalidArgument("apps.backlog_target must be at least 1");

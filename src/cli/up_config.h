@@ -39,6 +39,9 @@ struct UpConfig {
   int64_t app_min_instances = 1;
   int64_t app_max_instances = 4;
   int64_t app_backlog_target = 200;  // undelivered requests per instance
+  // CPU priority of the app workers and of llm-sim (nice, 0-19): below the web tier, so that
+  // inference load on the same machine does not slow the UI down (DESIGN.md, promise 3).
+  int64_t app_nice = 10;
   // pools: further pools (docs/pools.md), declared in the config file's `pools` section.
   std::string config_path;  // "" = no config file
   std::string config_text;  // the file's text, for pool::ParsePools

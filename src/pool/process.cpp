@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -262,6 +263,7 @@ Result<SpawnedProcess> SpawnProcess(const SpawnOptions& options) {
   int status_fd = status_write.get();
   int error_fd = error_pipe.second.get();
   int cgroup_fd = options.cgroup_procs_fd;
+  const int niceness = options.nice;
 
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
@@ -284,6 +286,9 @@ Result<SpawnedProcess> SpawnProcess(const SpawnOptions& options) {
     if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) ChildFail(error_fd, errno);
     if (::getppid() != parent) ::raise(SIGTERM);
     if (cgroup_fd >= 0 && ::write(cgroup_fd, "0", 1) != 1) ChildFail(error_fd, errno);
+    if (niceness != 0 && ::setpriority(PRIO_PROCESS, 0, niceness) != 0) {
+      ChildFail(error_fd, errno);
+    }
     if (working_dir != nullptr && ::chdir(working_dir) != 0) ChildFail(error_fd, errno);
     // Targets are placed in increasing order; every source is >= 3 (0-2 are open in the
     // parent), so a later source can only be overwritten by placing fd 3, which comes last.

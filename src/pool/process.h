@@ -52,6 +52,8 @@ struct SpawnOptions {
   bool status_pipe = false;
   // When valid: an open `cgroup.procs` of the cgroup the child joins before exec.
   int cgroup_procs_fd = -1;
+  // The child's niceness (0-19) when not 0.
+  int nice = 0;
 };
 
 struct SpawnedProcess {

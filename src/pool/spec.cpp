@@ -27,6 +27,7 @@ constexpr milliseconds kDefaultScaleDownStabilization{300'000};
 constexpr size_t kMaxNameLength = 63;  // a DNS label
 // A limit below this is almost always a size written without its unit ("256").
 constexpr int64_t kMinMemoryLimitBytes = int64_t{1} << 20;
+constexpr int kMaxNice = 19;
 
 // ---- Scalars
 
@@ -215,6 +216,9 @@ std::vector<Issue> CollectIssues(const PoolSpec& spec) {
     out.push_back({"memory_limit", std::to_string(revision.memory_limit_bytes) +
                                        " bytes is below the 1Mi minimum (missing unit?)"});
   }
+  if (revision.nice < 0 || revision.nice > kMaxNice) {
+    out.push_back({"nice", std::to_string(revision.nice) + " is not in 0-19"});
+  }
   if (spec.instances < 0) out.push_back({"instances", "must not be negative"});
   if (spec.grace_period.count() < 0) out.push_back({"grace_period", "must not be negative"});
   ValidateRestart(spec.restart, out);
@@ -297,6 +301,7 @@ class Parser {
              [&](const auto& v, const auto& p) { Size(v, p, revision.memory_limit_bytes); }},
             {"working_dir",
              [&](const auto& v, const auto& p) { String(v, p, revision.working_dir); }},
+            {"nice", [&](const auto& v, const auto& p) { Int(v, p, revision.nice); }},
             {"instances", [&](const auto& v, const auto& p) { Int(v, p, out.instances); }},
             {"grace_period",
              [&](const auto& v, const auto& p) { Duration(v, p, out.grace_period); }},
@@ -779,6 +784,8 @@ std::string RevisionDigest(const RevisionSpec& spec) {
   }
   AppendField(canonical, "memory_limit_bytes", std::to_string(spec.memory_limit_bytes));
   AppendField(canonical, "working_dir", spec.working_dir);
+  // Only when set: the digests of revisions from before the field existed stay the same.
+  if (spec.nice != 0) AppendField(canonical, "nice", std::to_string(spec.nice));
 
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int digest_size = 0;

@@ -101,6 +101,9 @@ struct RevisionSpec {
   std::map<std::string, std::string> secrets{};
   int64_t memory_limit_bytes = 0;  // 0: none
   std::string working_dir{};
+  // CPU priority of the instances, as nice(1): 0 (default) to 19, the higher the more they
+  // yield the CPU to other processes (a web tier on the same machine).
+  int nice = 0;
 };
 
 struct PoolSpec {

@@ -304,6 +304,8 @@ TEST(ParsePoolErrorTest, ValidationErrorsNameTheLine) {
        "pool.yaml:4: liveness.http_path: must start with '/'"},
       {"name: p\nsubscription: s\ncommand: w\nmemory_limit: 256\n",
        "pool.yaml:4: memory_limit: 256 bytes is below the 1Mi minimum (missing unit?)"},
+      {"name: p\nsubscription: s\ncommand: w\nnice: 20\n", "pool.yaml:4: nice: 20 is not in 0-19"},
+      {"name: p\nsubscription: s\ncommand: w\nnice: -5\n", "pool.yaml:4: nice: -5 is not in 0-19"},
       {"name: p\nsubscription: s\ncommand: w\nenv: {KEY: a}\nsecrets:\n  KEY: /run/k\n",
        "pool.yaml:6: secrets.KEY: is also set in env"},
       {"name: p\nsubscription: s\ncommand: w\nenv:\n  1BAD: x\n",
@@ -330,8 +332,8 @@ TEST(ParsePoolErrorTest, ReportsEveryProblem) {
   EXPECT_EQ(error,
             "pool.yaml:4: instances: expected an integer, got \"x\"\n"
             "pool.yaml:5: colour: unknown key (expected one of: name, subscription, command, "
-            "args, env, secrets, memory_limit, working_dir, instances, grace_period, restart, "
-            "liveness, rollout, autoscaling)");
+            "args, env, secrets, memory_limit, working_dir, nice, instances, grace_period, "
+            "restart, liveness, rollout, autoscaling)");
 }
 
 // ---- ParsePools
@@ -520,6 +522,7 @@ TEST(RevisionDigestTest, ChangesWithWhatRuns) {
        }},
       {"memory limit", [](RevisionSpec& r) { r.memory_limit_bytes = 1LL << 30; }},
       {"working dir", [](RevisionSpec& r) { r.working_dir = "/srv/b"; }},
+      {"nice", [](RevisionSpec& r) { r.nice = 10; }},
   };
   for (const Row& row : rows) {
     SCOPED_TRACE(row.what);

@@ -307,7 +307,8 @@ struct Supervisor::Impl {
                        .working_dir = revision.spec.working_dir,
                        .capture_output = true,
                        .status_pipe = true,
-                       .cgroup_procs_fd = cgroup ? cgroup->procs_fd() : -1};
+                       .cgroup_procs_fd = cgroup ? cgroup->procs_fd() : -1,
+                       .nice = revision.spec.nice};
     spawn.argv.push_back(revision.spec.command);
     spawn.argv.insert(spawn.argv.end(), revision.spec.args.begin(), revision.spec.args.end());
     TP_ASSIGN_OR_RETURN(SpawnedProcess process, SpawnProcess(spawn));

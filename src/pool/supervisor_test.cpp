@@ -513,6 +513,25 @@ while :; do sleep 0.1; done
   EXPECT_EQ(ReadFile(dir_ + "/logs/envpool.log").find(kSecret), std::string::npos);
 }
 
+TEST_F(SupervisorTest, InstancesRunAtTheNicenessOfTheirSpec) {
+  Supervisor& supervisor = StartSupervisor();
+  // Field 19 of /proc/self/stat is the niceness; the command name (field 2) has no spaces.
+  std::string script = WriteScript("nice.sh", R"sh(
+awk '{print $19}' /proc/$$/stat > "$DIR/nice-$TIDEPOOL_INSTANCE"
+echo pulling >&3
+trap 'exit 0' TERM
+while :; do sleep 0.1; done
+)sh");
+  PoolSpec spec = Spec("nicepool", script, 1);
+  spec.revision.nice = 10;
+  ASSERT_TRUE(supervisor.Deploy(spec).ok());
+  ASSERT_TRUE(WaitFor(
+      [&] { return CountInstances(supervisor.GetStatus(), InstanceState::kRunning) == 1; }));
+  const std::string file = dir_ + "/nice-" + supervisor.GetStatus().instances[0].id;
+  ASSERT_TRUE(WaitFor([&] { return !ReadFile(file).empty(); }));
+  EXPECT_EQ(ReadFile(file), "10\n");
+}
+
 TEST_F(SupervisorTest, UnreadableSecretFailsTheStartNamingTheFile) {
   Supervisor& supervisor = StartSupervisor();
   PoolSpec spec = Spec("nosecret", WriteScript("n.sh", "exit 0\n"), 1);

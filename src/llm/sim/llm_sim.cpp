@@ -1,5 +1,8 @@
 #include "llm/sim/llm_sim.h"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <boost/asio/as_tuple.hpp>
@@ -759,7 +762,11 @@ Result<std::unique_ptr<LlmSim>> LlmSim::Start(SimOptions options) {
   impl->port = impl->acceptor->local_endpoint().port();
   asio::co_spawn(*impl->shards.front(), impl->Accept(), asio::detached);
   for (const auto& shard : impl->shards) {
-    impl->threads.emplace_back([io = shard.get()] { io->run(); });
+    impl->threads.emplace_back([io = shard.get(), nice = options.nice] {
+      // Best effort: a thread that cannot lower its priority still serves.
+      if (nice > 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
+      io->run();
+    });
   }
   return std::unique_ptr<LlmSim>(new LlmSim(std::move(impl)));
 }

@@ -55,6 +55,9 @@ struct SimOptions {
   std::string listen = "127.0.0.1:0";
   // io_context threads; 0 = hardware threads.
   int threads = 0;
+  // The niceness of those threads (0-19; Linux sets it per thread): `tidepool up` runs the
+  // simulator below the web tier that shares its process.
+  int nice = 0;
 
   TtftModel ttft{};
   // Pacing of tokens after the first, per stream; 0 = as fast as the socket takes them.
