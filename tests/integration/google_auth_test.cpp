@@ -73,11 +73,6 @@ std::string Base64UrlDecode(std::string in) {
   return out;
 }
 
-// "a=1&b=%2F" → {a: "1", b: "/"}.
-std::map<std::string, std::string> ParseForm(const std::string& body) {
-  return admin::ParseQuery(body);
-}
-
 // Tokens the "Google" side issued, with their expiry: what the broker accepts.
 class TokenRegistry {
  public:
@@ -242,7 +237,7 @@ class GoogleAuthTest : public ::testing::Test {
   std::string CheckGrant(const http::request<http::string_body>& request) {
     if (request.method() != http::verb::post || request.target() != "/token") return "route";
     if (request[http::field::content_type] != "application/x-www-form-urlencoded") return "type";
-    auto form = ParseForm(request.body());
+    auto form = admin::ParseQuery(request.body());  // a form body is a query string
     if (form["grant_type"] != "urn:ietf:params:oauth:grant-type:jwt-bearer") return "grant_type";
     const std::string& jwt = form["assertion"];
     const size_t first = jwt.find('.');

@@ -9,6 +9,8 @@ import {tmpdir} from 'node:os';
 import {dirname, join, resolve} from 'node:path';
 import {fileURLToPath} from 'node:url';
 
+import {after, before} from 'node:test';
+
 import {chromium} from 'playwright-core';
 
 const suiteDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -185,6 +187,22 @@ export function launchBrowser() {
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
+}
+
+// Starts a `tidepool up` and a Chromium before the calling file's tests and stops both after
+// them: `env.tidepool` and `env.browser` are set once they run.
+export function startTidepoolAndBrowser() {
+  const env = {tidepool: undefined, browser: undefined};
+  before(async () => {
+    env.tidepool = new Tidepool();  // assigned first, so that after() stops it if start() fails
+    await env.tidepool.start();
+    env.browser = await launchBrowser();
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.tidepool?.close();
+  });
+  return env;
 }
 
 // A page that remembers its uncaught errors (a script error is a UI bug, whatever the test).

@@ -3,10 +3,10 @@
 // stream resumes it with the reply shown (and stored) exactly once.
 
 import assert from 'node:assert/strict';
-import {after, before, test} from 'node:test';
+import {test} from 'node:test';
 
-import {APP, Tidepool, accessibilityViolations, expecting, launchBrowser, newPage, recordChat,
-  recording, screenshot, waitFor} from '../lib/harness.js';
+import {APP, accessibilityViolations, expecting, newPage, recordChat,
+  recording, screenshot, startTidepoolAndBrowser, waitFor} from '../lib/harness.js';
 
 // The llm-sim answers in 0.35-1.2 s and writes 40 tokens/s: a reply takes a few seconds,
 // more on a loaded machine. These bound the waits, they are not expected durations.
@@ -21,23 +21,12 @@ const WRITING = 'Writing…';
 const FINAL_REPLY = '[data-testid="message"][data-role="assistant"]:not([data-state])';
 const STREAMING_REPLY = '[data-testid="message"][data-role="assistant"][data-state="streaming"]';
 
-let tidepool;
-let browser;
-
-before(async () => {
-  tidepool = new Tidepool();  // assigned first, so that after() stops it if start() fails
-  await tidepool.start();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await tidepool?.close();
-});
+// One `tidepool up` and one Chromium for the file's tests.
+const env = startTidepoolAndBrowser();
 
 async function openChat(page) {
   await recordChat(page);
-  await page.goto(`${tidepool.baseUrl}/apps/${APP}`);
+  await page.goto(`${env.tidepool.baseUrl}/apps/${APP}`);
   await expecting('the page connects to the event stream',
     page.locator('[data-testid="connection"][data-state="connected"]')
       .waitFor({timeout: PAGE_TIMEOUT_MS}));
@@ -79,7 +68,7 @@ async function cardsOf(reply) {
 
 // The history's user message and replies for one request.
 async function historyFor(conversationId, requestId) {
-  const {messages} = await tidepool.conversation(conversationId);
+  const {messages} = await env.tidepool.conversation(conversationId);
   return {
     users: messages.filter(m => m.role === 'user' && m.request_id === requestId),
     replies: messages.filter(m => m.role !== 'user' && m.request_id === requestId),
@@ -87,7 +76,7 @@ async function historyFor(conversationId, requestId) {
 }
 
 test('a conversation streams text with step progress and recommendation cards', async t => {
-  const page = await newPage(browser);
+  const page = await newPage(env.browser);
   await openChat(page);
   const conversationId = await conversationIdOf(page);
   assert.match(conversationId ?? '', /^c-/, 'the page keeps its conversation id');
@@ -176,7 +165,7 @@ test('a conversation streams text with step progress and recommendation cards', 
 
 test('reloading in the middle of a stream resumes it, and the reply appears exactly once',
      async t => {
-  const page = await newPage(browser);
+  const page = await newPage(env.browser);
   await openChat(page);
   const conversationId = await conversationIdOf(page);
 
@@ -259,7 +248,7 @@ test('reloading in the middle of a stream resumes it, and the reply appears exac
   // And once more from the history alone: every question has exactly one reply.
   await page.reload();
   await finalReplyFor(page, resumed.requestId);
-  const {messages} = await tidepool.conversation(conversationId);
+  const {messages} = await env.tidepool.conversation(conversationId);
   const userCount = messages.filter(m => m.role === 'user').length;
   assert.equal(messages.length, 2 * userCount, 'one reply per question in the history');
   await waitFor(async () => (await page.locator(FINAL_REPLY).count()) === userCount,

@@ -3,29 +3,18 @@
 // traffic (messages accepted, replies stored, the throughput chart).
 
 import assert from 'node:assert/strict';
-import {after, before, test} from 'node:test';
+import {test} from 'node:test';
 
-import {APP, REQUEST_SUBSCRIPTION, Tidepool, accessibilityViolations, expecting, launchBrowser,
-  newPage, screenshot} from '../lib/harness.js';
+import {APP, REQUEST_SUBSCRIPTION, accessibilityViolations, expecting,
+  newPage, screenshot, startTidepoolAndBrowser} from '../lib/harness.js';
 
 // The dashboard polls every second; replies take a few seconds each on the llm-sim.
 const PAGE_TIMEOUT_MS = 20_000;
 const REPLIES_TIMEOUT_MS = 60_000;
 const MESSAGES = 4;
 
-let tidepool;
-let browser;
-
-before(async () => {
-  tidepool = new Tidepool();  // assigned first, so that after() stops it if start() fails
-  await tidepool.start();
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  await browser?.close();
-  await tidepool?.close();
-});
+// One `tidepool up` and one Chromium for the file's tests.
+const env = startTidepoolAndBrowser();
 
 // The text of the web tier's table row labelled `label` ("Messages accepted", …), or null.
 function webText(page, label) {
@@ -60,8 +49,8 @@ function waitForWebNumber(page, label, atLeast, timeout) {
 }
 
 test('the dashboard shows the pool and the backlog, and follows the traffic', async () => {
-  const page = await newPage(browser);
-  await page.goto(`${tidepool.baseUrl}/dashboard`);
+  const page = await newPage(env.browser);
+  await page.goto(`${env.tidepool.baseUrl}/dashboard`);
   await expecting('the dashboard goes live', page.locator(
     '[data-testid="dashboard-status"][data-state="live"]').waitFor({timeout: PAGE_TIMEOUT_MS}));
 
@@ -88,7 +77,7 @@ test('the dashboard shows the pool and the backlog, and follows the traffic', as
   const repliesBefore = await webNumber(page, 'Replies stored');
   // POST latency (web.post_latency_ms, where the server reports it): no POST yet, so no
   // figure at all, rather than "0 ms".
-  const idleLatency = (await tidepool.dashboard()).web?.post_latency_ms;
+  const idleLatency = (await env.tidepool.dashboard()).web?.post_latency_ms;
   if (idleLatency) {
     assert.equal(idleLatency.count, 0, 'no POST has been timed yet');
     for (const label of ['POST latency p50', 'POST latency p99']) {
@@ -98,11 +87,11 @@ test('the dashboard shows the pool and the backlog, and follows the traffic', as
   await screenshot(page, 'dashboard-idle');
 
   // Traffic: a few messages through the API, as another shopper's browser would send them.
-  const {id} = await tidepool.api(`/v1/apps/${APP}/conversations`, {method: 'POST', body: {}});
+  const {id} = await env.tidepool.api(`/v1/apps/${APP}/conversations`, {method: 'POST', body: {}});
   const texts = ['Something fresh and citrusy for summer', 'A warm woody scent for winter',
     'Roses and jasmine, around 120 dollars', 'A light aquatic scent for the gym'];
   for (const text of texts.slice(0, MESSAGES)) {
-    const accepted = await tidepool.api(`/v1/apps/${APP}/conversations/${id}/messages`,
+    const accepted = await env.tidepool.api(`/v1/apps/${APP}/conversations/${id}/messages`,
                                         {method: 'POST', body: {text}});
     assert.equal(accepted.status, 'accepted');
   }
