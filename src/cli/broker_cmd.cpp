@@ -1,5 +1,6 @@
 #include <pthread.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -16,6 +17,7 @@
 #include "cli/up_config.h"
 #include "pubsub/server.h"
 #include "queue/queue.h"
+#include "queue/queue_env.h"
 
 namespace tidepool::cli {
 namespace {
@@ -30,8 +32,36 @@ std::string LoopbackEndpoint(const std::string& listen, int port) {
   return host + ":" + std::to_string(port);
 }
 
-// Runs the broker and its Pub/Sub API until SIGINT or SIGTERM, then stops accepting, finishes
-// in-flight calls, flushes and returns the exit code.
+// The backlog of every subscription the pools read and of the web tier's events, read from a
+// queue that is not the embedded broker (the dashboard and /v1/backlog on NATS).
+std::vector<broker::SubscriptionBacklog> QueueBacklogs(queue::Queue* queue,
+                                                       pool::PoolManager* pools) {
+  std::vector<std::string> names;
+  for (const std::string& pool : pools->PoolNames()) {
+    auto described = pools->DescribeJson(pool);
+    if (!described.ok()) continue;
+    const auto* sub = described->if_contains("subscription");
+    if (sub != nullptr && sub->is_string()) names.emplace_back(sub->as_string());
+  }
+  names.push_back(WebFlags{}.events_subscription);
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  std::vector<broker::SubscriptionBacklog> out;
+  for (const std::string& name : names) {
+    auto b = queue->GetBacklog(name);
+    if (!b.ok()) continue;  // not created yet
+    out.push_back({.subscription = queue::SubscriptionPath("tidepool", name),
+                   .topic = "",
+                   .backlog = {.undelivered_messages = b->undelivered_messages,
+                               .oldest_unacked_age_micros = b->oldest_unacked_age_micros,
+                               .leased_messages = b->leased_messages}});
+  }
+  return out;
+}
+
+// Runs the broker and its Pub/Sub API (`broker`, and `up` on the embedded queue) with the pools
+// and the chat side (`up`) until SIGINT or SIGTERM, then stops accepting, finishes in-flight
+// calls, flushes and returns the exit code. `up` on NATS runs no broker.
 int ServeBroker(const char* cmd, const UpConfig& flags) {
   // Block the stop signals before any thread starts, so that every thread inherits the mask
   // and only sigwait below sees them.
@@ -40,35 +70,56 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
   sigaddset(&stop_signals, SIGINT);
   sigaddset(&stop_signals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  const bool up = std::string(cmd) == "up";
+  const bool on_nats = up && flags.queue_backend == "nats";
 
-  broker::BrokerOptions options;
-  options.data_dir = flags.data_dir;
-  auto b = broker::Broker::Open(options);
-  if (!b.ok()) {
-    std::fprintf(stderr, "tidepool %s: %s\n", cmd, b.status().ToString().c_str());
-    return 1;
+  std::unique_ptr<broker::Broker> b;
+  std::unique_ptr<pubsub::PubsubServer> server;
+  if (!on_nats) {
+    broker::BrokerOptions options;
+    options.data_dir = flags.data_dir;
+    auto opened = broker::Broker::Open(options);
+    if (!opened.ok()) {
+      std::fprintf(stderr, "tidepool %s: %s\n", cmd, opened.status().ToString().c_str());
+      return 1;
+    }
+    b = std::move(opened).value();
+    pubsub::ServerOptions server_options;
+    server_options.listen = flags.broker_listen;
+    server_options.stream_lifetime_micros = flags.stream_lifetime_seconds * 1'000'000;
+    auto started = pubsub::PubsubServer::Start(b.get(), server_options);
+    if (!started.ok()) {
+      std::fprintf(stderr, "tidepool %s: %s\n", cmd, started.status().ToString().c_str());
+      return 1;
+    }
+    server = std::move(started).value();
   }
-  pubsub::ServerOptions server_options;
-  server_options.listen = flags.broker_listen;
-  server_options.stream_lifetime_micros = flags.stream_lifetime_seconds * 1'000'000;
-  auto server = pubsub::PubsubServer::Start(b->get(), server_options);
-  if (!server.ok()) {
-    std::fprintf(stderr, "tidepool %s: %s\n", cmd, server.status().ToString().c_str());
-    return 1;
-  }
-  broker::Broker* raw = b->get();
+  broker::Broker* raw = b.get();  // nullptr on NATS
 
-  // Pools (`up`): instances reach the broker over gRPC on loopback, like any Pub/Sub client;
-  // the autoscaler reads backlog from the broker in-process.
+  // Pools (`up`): instances reach the queue the way `tidepool pool` hands it to them: the
+  // embedded broker over gRPC on loopback like any Pub/Sub client, or the NATS servers. The
+  // autoscaler reads backlog in-process.
   std::unique_ptr<queue::Queue> queue;
   std::unique_ptr<pool::PoolManager> pools;
-  if (std::string(cmd) == "up") {
+  if (up) {
     queue::QueueOptions qo;
-    qo.backend = "embedded";
-    qo.broker = raw;
+    queue::QueueOptions instances;
+    if (on_nats) {
+      qo.backend = "nats";
+      qo.nats_servers = queue::ParseNatsUrls(flags.nats_url).value();
+      qo.nats_replicas = static_cast<int>(flags.nats_replicas);
+      qo.nats_prefix = flags.nats_prefix;
+      instances = qo;
+    } else {
+      qo.backend = "embedded";
+      qo.broker = raw;
+      instances.backend = "pubsub";
+      instances.endpoint = LoopbackEndpoint(flags.broker_listen, server->port());
+    }
     auto q = queue::OpenQueue(qo);
     if (!q.ok()) {
-      std::fprintf(stderr, "tidepool %s: %s\n", cmd, q.status().ToString().c_str());
+      std::fprintf(stderr, "tidepool %s: %s: %s\n", cmd, queue::DescribeQueue(qo).c_str(),
+                   q.status().ToString().c_str());
       return 1;
     }
     queue = std::move(*q);
@@ -77,7 +128,7 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
     po.config_text = flags.config_text;
     po.queue = queue.get();
     po.data_dir = flags.data_dir;
-    po.pubsub_endpoint = LoopbackEndpoint(flags.broker_listen, (*server)->port());
+    po.queue_env = queue::QueueEnvOf(instances).value();
     auto started = StartPools(po);
     if (!started.ok()) {
       std::fprintf(stderr, "tidepool %s: %s\n", cmd, started.status().ToString().c_str());
@@ -85,10 +136,15 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
     }
     pools = std::move(*started);
   }
+  pool::PoolManager* manager = pools.get();
+  queue::Queue* shared_queue = queue.get();
+  BacklogSource backlogs = [raw, shared_queue, manager] {
+    return raw != nullptr ? raw->Backlogs() : QueueBacklogs(shared_queue, manager);
+  };
   // The chat side (`up`): llm-sim, a worker pool per app, the web tier.
   std::optional<UpApps> apps;
-  if (std::string(cmd) == "up" && flags.apps_enabled) {
-    auto started = StartUpApps(flags, raw, queue.get(), pools.get());
+  if (up && flags.apps_enabled) {
+    auto started = StartUpApps(flags, backlogs, queue.get(), pools.get());
     if (!started.ok()) {
       std::fprintf(stderr, "tidepool %s: %s\n", cmd, started.status().ToString().c_str());
       if (pools) pools->Stop();
@@ -96,7 +152,6 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
     }
     apps = std::move(started).value();
   }
-  pool::PoolManager* manager = pools.get();
   admin::AdminOptions admin_options;
   admin_options.listen = flags.admin_listen;
   admin_options.routes = {
@@ -105,11 +160,11 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
          return admin::Response{200, "text/plain", "ok\n"};
        }},
       {"/v1/backlog",
-       [raw] {
-         return admin::Response{200, "application/json", broker::BacklogJson(raw->Backlogs())};
+       [backlogs] {
+         return admin::Response{200, "application/json", broker::BacklogJson(backlogs())};
        }},
-      {"/metrics", [raw, manager] {
-         std::string text = broker::BacklogMetrics(raw->Backlogs());
+      {"/metrics", [backlogs, manager] {
+         std::string text = broker::BacklogMetrics(backlogs());
          if (manager != nullptr) text += manager->MetricsText();
          return admin::Response{200, "text/plain; version=0.0.4", std::move(text)};
        }}};
@@ -120,9 +175,19 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
                  admin.status().ToString().c_str());
     return 1;
   }
-  std::printf("tidepool %s %s: data dir %s, Pub/Sub API on %s (port %d), admin on http://%s\n", cmd,
-              TIDEPOOL_VERSION, flags.data_dir.c_str(), flags.broker_listen.c_str(),
-              (*server)->port(), flags.admin_listen.c_str());
+  if (server) {
+    std::printf("tidepool %s %s: data dir %s, Pub/Sub API on %s (port %d), admin on http://%s\n",
+                cmd, TIDEPOOL_VERSION, flags.data_dir.c_str(), flags.broker_listen.c_str(),
+                server->port(), flags.admin_listen.c_str());
+  } else {
+    std::printf("tidepool %s %s: data dir %s, queue %s, admin on http://%s\n", cmd,
+                TIDEPOOL_VERSION, flags.data_dir.c_str(),
+                queue::DescribeQueue({.backend = "nats",
+                                      .nats_servers = queue::ParseNatsUrls(flags.nats_url).value(),
+                                      .nats_replicas = static_cast<int>(flags.nats_replicas)})
+                    .c_str(),
+                flags.admin_listen.c_str());
+  }
   if (apps) {
     const std::string web =
         "http://" + LoopbackEndpoint(flags.web_listen, apps->web.service->port());
@@ -146,9 +211,9 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
   (*admin)->Stop();
   pools.reset();
   queue.reset();
-  (*server)->Shutdown(kShutdownGraceMicros);
-  server->reset();
-  b->reset();  // commits what is queued and closes every log and cursor
+  if (server) server->Shutdown(kShutdownGraceMicros);
+  server.reset();
+  b.reset();  // commits what is queued and closes every log and cursor
   std::printf("tidepool %s: stopped\n", cmd);
   return 0;
 }

@@ -26,9 +26,7 @@ Result<std::unique_ptr<pool::PoolManager>> StartPools(const PoolRunnerOptions& o
   m.queue = options.queue;
   m.supervisor.log_dir = options.data_dir.empty() ? "" : options.data_dir + "/logs";
   m.state_dir = options.data_dir.empty() ? "" : options.data_dir + "/pools";
-  m.supervisor.base_env["PUBSUB_EMULATOR_HOST"] = options.pubsub_endpoint;
-  m.supervisor.base_env["PUBSUB_PROJECT_ID"] = options.project;
-  m.supervisor.base_env["GOOGLE_CLOUD_PROJECT"] = options.project;
+  for (const auto& [name, value] : options.queue_env) m.supervisor.base_env[name] = value;
   if (options.echo_logs) {
     // One mutex so that lines from several pools' threads do not interleave mid-line.
     auto mu = std::make_shared<std::mutex>();

@@ -20,9 +20,9 @@ struct PoolRunnerOptions {
   std::string config_path;  // empty: no pools at start (they can be deployed later)
   std::string config_text;  // the file's text when already read (else it is read here)
   queue::Queue* queue = nullptr;
-  std::string data_dir;         // logs go to DATA_DIR/logs
-  std::string pubsub_endpoint;  // HOST:PORT the instances reach (PUBSUB_EMULATOR_HOST)
-  std::string project = "tidepool";
+  std::string data_dir;  // logs go to DATA_DIR/logs
+  // The queue the instances reach, as variables of their environment (queue::QueueEnvOf).
+  std::map<std::string, std::string> queue_env;
   bool echo_logs = true;  // instance log lines to stderr too
 };
 

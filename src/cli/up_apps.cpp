@@ -46,7 +46,7 @@ std::string AppPoolYaml(const pipeline::AppSpec& app, const std::string& spec_fi
          "    - {type: backlog, target: " + std::to_string(config.app_backlog_target) + "}\n";
 }
 
-std::string DashboardJson(broker::Broker* broker, pool::PoolManager* pools,
+std::string DashboardJson(const BacklogSource& backlogs, pool::PoolManager* pools,
                           web::WebService* service) {
   json::array pool_list;
   json::array decisions;
@@ -63,7 +63,7 @@ std::string DashboardJson(broker::Broker* broker, pool::PoolManager* pools,
     }
   }
   json::array subscriptions;
-  for (const auto& b : broker->Backlogs()) {
+  for (const auto& b : backlogs()) {
     const json::value row = json::parse(broker::BacklogJson({b}));
     for (const auto& s : row.at("subscriptions").as_array()) subscriptions.push_back(s);
   }
@@ -90,7 +90,7 @@ std::string DashboardJson(broker::Broker* broker, pool::PoolManager* pools,
 
 }  // namespace
 
-Result<UpApps> StartUpApps(const UpConfig& config, broker::Broker* broker, queue::Queue* queue,
+Result<UpApps> StartUpApps(const UpConfig& config, BacklogSource backlogs, queue::Queue* queue,
                            pool::PoolManager* pools) {
   UpApps up;
   std::vector<std::string> files = config.app_files.empty() ? FindApps() : config.app_files;
@@ -132,11 +132,11 @@ Result<UpApps> StartUpApps(const UpConfig& config, broker::Broker* broker, queue
   // The hooks run once the service exists; it is reached through the shared slot.
   auto service_slot = std::make_shared<std::atomic<web::WebService*>>(nullptr);
   WebHooks hooks;
-  hooks.extra_metrics = [broker, pools] {
-    return broker::BacklogMetrics(broker->Backlogs()) + pools->MetricsText();
+  hooks.extra_metrics = [backlogs, pools] {
+    return broker::BacklogMetrics(backlogs()) + pools->MetricsText();
   };
-  hooks.dashboard_json = [broker, pools, service_slot] {
-    return DashboardJson(broker, pools, service_slot->load());
+  hooks.dashboard_json = [backlogs, pools, service_slot] {
+    return DashboardJson(backlogs, pools, service_slot->load());
   };
   TP_ASSIGN_OR_RETURN(up.web, StartWeb(web_flags, *queue, std::move(hooks)));
   service_slot->store(up.web.service.get());

@@ -2,6 +2,7 @@
 // per app running `tidepool worker --app`, and the web tier with its dashboard.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,9 +24,12 @@ struct UpApps {
   std::vector<std::string> pool_names;  // the pools started for the apps
 };
 
+// The backlog of each subscription, for the dashboard and metrics.
+using BacklogSource = std::function<std::vector<broker::SubscriptionBacklog>()>;
+
 // Starts llm-sim (unless config.llm_base_url is set), deploys a pool per app to `pools` and
-// starts the web tier on `queue`. The broker, queue and pools outlive the result.
-Result<UpApps> StartUpApps(const UpConfig& config, broker::Broker* broker, queue::Queue* queue,
+// starts the web tier on `queue`. The queue and pools outlive the result.
+Result<UpApps> StartUpApps(const UpConfig& config, BacklogSource backlogs, queue::Queue* queue,
                            pool::PoolManager* pools);
 
 }  // namespace tidepool::cli

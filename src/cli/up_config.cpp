@@ -15,6 +15,7 @@
 #include <variant>
 
 #include "common/units.h"
+#include "queue/queue_env.h"
 
 namespace tidepool::cli {
 namespace {
@@ -45,6 +46,14 @@ const std::vector<Setting>& Settings() {
        "--admin-listen", "HOST:PORT: pools API, backlog, metrics"},
       {"broker", "stream_lifetime", Kind::kSeconds, &UpConfig::stream_lifetime_seconds,
        "--stream-lifetime", "--stream-lifetime", "DURATION: StreamingPull streams end after it"},
+      {"queue", "backend", Kind::kString, &UpConfig::queue_backend, "--queue", nullptr,
+       "embedded (the broker in this process) or nats (NATS JetStream; no broker)"},
+      {"queue", "nats_url", Kind::kString, &UpConfig::nats_url, "--nats", nullptr,
+       "nats://HOST:PORT[,...]: the NATS servers, for queue.backend nats"},
+      {"queue", "nats_replicas", Kind::kCount, &UpConfig::nats_replicas, nullptr, nullptr,
+       "N: replicas of each stream and consumer, 1-5 (3 in a cluster)"},
+      {"queue", "nats_prefix", Kind::kString, &UpConfig::nats_prefix, nullptr, nullptr,
+       "NAME: prefix of every stream, subject and bucket (letters, digits, '-')"},
       {"store", "url", Kind::kString, &UpConfig::store_url, "--store", nullptr,
        "sqlite:PATH or postgresql://... (default sqlite:DATA_DIR/web/conversations.db)"},
       {"web", "listen", Kind::kString, &UpConfig::web_listen, "--listen", nullptr,
@@ -180,7 +189,7 @@ Status ApplyFile(const std::string& path, const std::string& text, UpConfig* con
     return path + ":" + std::to_string(node.Mark().line + 1) + ": ";
   };
   if (!root.IsMap()) return Status::InvalidArgument(where(root) + "expected a mapping of sections");
-  static const char* kSections[] = {"broker", "store", "web", "llm", "apps"};
+  static const char* kSections[] = {"broker", "queue", "store", "web", "llm", "apps"};
   for (const auto& entry : root) {
     const std::string name = entry.first.as<std::string>();
     if (name == "pools") continue;  // pool specs: validated by pool::ParsePools
@@ -207,12 +216,12 @@ Status ApplyFile(const std::string& path, const std::string& text, UpConfig* con
       }
       const std::string dotted = section.empty() ? key : section + "." + key;
       if (setting == nullptr) {
-        return Status::InvalidArgument(where(key_node) + dotted + ": unknown key (known" +
-                                       (section.empty() ? " at the top" : "") + ": " +
-                                       (section.empty()
-                                            ? "data_dir, broker, store, web, llm, apps, pools"
-                                            : KnownKeys(section)) +
-                                       ")");
+        return Status::InvalidArgument(
+            where(key_node) + dotted + ": unknown key (known" +
+            (section.empty() ? " at the top" : "") + ": " +
+            (section.empty() ? "data_dir, broker, queue, store, web, llm, apps, pools"
+                             : KnownKeys(section)) +
+            ")");
       }
       if (setting->kind == Kind::kList) {
         if (!node.IsSequence()) {
@@ -325,6 +334,30 @@ Result<UpConfig> LoadUpConfig(ConfigCommand command, const Args& args) {
   }
   if (config.app_backlog_target < 1) {
     return Status::InvalidArgument("apps.backlog_target must be at least 1");
+  }
+  if (config.queue_backend != "embedded" && config.queue_backend != "nats") {
+    return Status::InvalidArgument("queue.backend must be embedded or nats, not \"" +
+                                   config.queue_backend + "\"");
+  }
+  if (config.queue_backend == "nats") {
+    if (config.nats_url.empty()) {
+      return Status::InvalidArgument(
+          "queue.backend nats needs queue.nats_url (--nats, TIDEPOOL_QUEUE_NATS_URL)");
+    }
+    if (auto urls = queue::ParseNatsUrls(config.nats_url); !urls.ok()) {
+      return Status::InvalidArgument("queue.nats_url: " + urls.status().message());
+    }
+  }
+  if (config.nats_replicas < 1 || config.nats_replicas > 5) {
+    return Status::InvalidArgument("queue.nats_replicas must be in 1-5, not " +
+                                   std::to_string(config.nats_replicas));
+  }
+  if (config.nats_prefix.empty() ||
+      !std::all_of(config.nats_prefix.begin(), config.nats_prefix.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-';
+      })) {
+    return Status::InvalidArgument("queue.nats_prefix: '" + config.nats_prefix +
+                                   "' may hold only letters, digits and '-'");
   }
   return config;
 }

@@ -19,6 +19,12 @@ struct UpConfig {
   std::string broker_listen = "127.0.0.1:8085";
   std::string admin_listen = "127.0.0.1:8086";
   int64_t stream_lifetime_seconds = 30 * 60;
+  // queue (`up`): "embedded" (the broker above, in this process) or "nats" (a NATS JetStream
+  // server or cluster; then `up` runs no broker and no Pub/Sub API).
+  std::string queue_backend = "embedded";
+  std::string nats_url;       // "nats://HOST:PORT[,nats://HOST:PORT...]"
+  int64_t nats_replicas = 1;  // of each stream and consumer, 1-5 (3 in a cluster)
+  std::string nats_prefix = "tidepool";
   // store: "" = sqlite:DATA_DIR/web/conversations.db; or postgresql://...
   std::string store_url;
   // web

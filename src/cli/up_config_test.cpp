@@ -30,9 +30,10 @@ class UpConfigTest : public ::testing::Test {
   }
 
   static constexpr const char* kVariables[] = {
-      "TIDEPOOL_CONFIG",    "TIDEPOOL_WEB_LISTEN",  "TIDEPOOL_WEB_RATE_LIMIT",
-      "TIDEPOOL_DATA_DIR",  "TIDEPOOL_APPS_FILES",  "TIDEPOOL_BROKER_STREAM_LIFETIME",
-      "TIDEPOOL_STORE_URL", "TIDEPOOL_APPS_ENABLED"};
+      "TIDEPOOL_CONFIG",        "TIDEPOOL_WEB_LISTEN",   "TIDEPOOL_WEB_RATE_LIMIT",
+      "TIDEPOOL_DATA_DIR",      "TIDEPOOL_APPS_FILES",   "TIDEPOOL_BROKER_STREAM_LIFETIME",
+      "TIDEPOOL_STORE_URL",     "TIDEPOOL_APPS_ENABLED", "TIDEPOOL_QUEUE_BACKEND",
+      "TIDEPOOL_QUEUE_NATS_URL"};
   fs::path path_;
 };
 
@@ -157,6 +158,40 @@ TEST_F(UpConfigTest, InconsistentInstanceBoundsAreRefused) {
   EXPECT_NE(
       config.status().message().find("apps.min_instances (5) is above apps.max_instances (2)"),
       std::string::npos);
+}
+
+TEST_F(UpConfigTest, QueueOnNatsNeedsValidServers) {
+  auto embedded = LoadUpConfig(ConfigCommand::kUp, {});
+  ASSERT_TRUE(embedded.ok());
+  EXPECT_EQ(embedded->queue_backend, "embedded");
+
+  const std::string file = Write(
+      "queue:\n"
+      "  backend: nats\n"
+      "  nats_url: nats://10.0.0.1:4222,nats://10.0.0.2:4222\n"
+      "  nats_replicas: 3\n");
+  auto nats = LoadUpConfig(ConfigCommand::kUp, {"--config", file});
+  ASSERT_TRUE(nats.ok()) << nats.status().ToString();
+  EXPECT_EQ(nats->queue_backend, "nats");
+  EXPECT_EQ(nats->nats_url, "nats://10.0.0.1:4222,nats://10.0.0.2:4222");
+  EXPECT_EQ(nats->nats_replicas, 3);
+
+  setenv("TIDEPOOL_QUEUE_NATS_URL", "10.0.0.1:4222", 1);
+  auto bad_url = LoadUpConfig(ConfigCommand::kUp, {"--config", file});
+  ASSERT_FALSE(bad_url.ok());
+  EXPECT_NE(bad_url.status().message().find("queue.nats_url"), std::string::npos);
+  unsetenv("TIDEPOOL_QUEUE_NATS_URL");
+
+  auto missing = LoadUpConfig(ConfigCommand::kUp, {"--queue", "nats"});
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("--nats"), std::string::npos);
+  auto unknown = LoadUpConfig(ConfigCommand::kUp, {"--queue", "kafka"});
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(unknown.status().message().find("kafka"), std::string::npos);
+  Write("queue:\n  nats_replicas: 7\n");
+  EXPECT_FALSE(LoadUpConfig(ConfigCommand::kUp, {"--config", file}).ok());
+  // `broker` has no queue to choose: it is the queue.
+  EXPECT_FALSE(LoadUpConfig(ConfigCommand::kBroker, {"--queue", "nats"}).ok());
 }
 
 TEST_F(UpConfigTest, NoAppsIsASwitchAndAnEnvironmentBoolean) {

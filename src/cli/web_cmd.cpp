@@ -5,11 +5,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <map>
 #include <string>
 
 #include "cli/commands.h"
 #include "cli/web_runner.h"
 #include "queue/queue.h"
+#include "queue/queue_env.h"
 #include "store/store.h"
 #include "web/service.h"
 
@@ -25,6 +27,10 @@ constexpr char kWebUsage[] =
     "                              GOOGLE_CLOUD_PROJECT is set: then Google Cloud Pub/Sub at\n"
     "                              TIDEPOOL_PUBSUB_ENDPOINT or pubsub.googleapis.com:443, TLS,\n"
     "                              Application Default Credentials)\n"
+    "  --nats URL[,URL...]         NATS JetStream servers, nats://HOST:PORT, instead of a\n"
+    "                              broker (env TIDEPOOL_NATS_URL)\n"
+    "  --nats-replicas N           replicas of each stream and consumer, 1-5 (env\n"
+    "                              TIDEPOOL_NATS_REPLICAS; default 1, 3 in a cluster)\n"
     "  --project ID                default tidepool (env GOOGLE_CLOUD_PROJECT)\n"
     "  --data-dir DIR              default ./tidepool-data (env TIDEPOOL_DATA_DIR)\n"
     "  --store URL                 sqlite:PATH or postgresql://... (env TIDEPOOL_STORE_URL;\n"
@@ -51,9 +57,9 @@ int RunWeb(const Args& args) {
   flags.data_dir = EnvOr("TIDEPOOL_DATA_DIR", "tidepool-data");
   flags.store = EnvOr("TIDEPOOL_STORE_URL", EnvOr("TIDEPOOL_STORE", ""));
   flags.api_keys_file = EnvOr("TIDEPOOL_WEB_API_KEYS_FILE", "");
-  std::string broker = EnvOr("PUBSUB_EMULATOR_HOST", "");
-  const std::string google_project = EnvOr("GOOGLE_CLOUD_PROJECT", "");
-  std::string project = google_project.empty() ? "tidepool" : google_project;
+  // Flags that name the queue override the environment's variables of queue_env.h.
+  std::map<std::string, std::string> queue_overrides;
+  std::string project;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& flag = args[i];
     if (flag == "--help" || flag == "-h") {
@@ -69,7 +75,12 @@ int RunWeb(const Args& args) {
     if (flag == "--listen") {
       flags.listen = value;
     } else if (flag == "--broker") {
-      broker = value;
+      queue_overrides["PUBSUB_EMULATOR_HOST"] = value;
+      if (!queue_overrides.contains("TIDEPOOL_NATS_URL")) queue_overrides["TIDEPOOL_NATS_URL"] = "";
+    } else if (flag == "--nats") {
+      queue_overrides["TIDEPOOL_NATS_URL"] = value;
+    } else if (flag == "--nats-replicas") {
+      queue_overrides["TIDEPOOL_NATS_REPLICAS"] = value;
     } else if (flag == "--project") {
       project = value;
     } else if (flag == "--data-dir") {
@@ -105,19 +116,21 @@ int RunWeb(const Args& args) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  std::string auth;
-  if (broker.empty() && !google_project.empty()) {
-    broker = EnvOr("TIDEPOOL_PUBSUB_ENDPOINT", "pubsub.googleapis.com:443");
-    auth = "google";
+  auto qo = queue::QueueOptionsFromEnv(
+      [&](const char* name) -> const char* {
+        auto it = queue_overrides.find(name);
+        return it != queue_overrides.end() ? it->second.c_str() : std::getenv(name);
+      },
+      {.emulator_endpoint = "127.0.0.1:8085"});
+  if (!qo.ok()) {
+    std::fprintf(stderr, "tidepool web: %s\n", qo.status().message().c_str());
+    return 2;
   }
-  if (broker.empty()) broker = "127.0.0.1:8085";
-  auto queue = queue::OpenQueue({.backend = "pubsub",
-                                 .project = project,
-                                 .endpoint = broker,
-                                 .auth = auth,
-                                 .tls_ca_file = EnvOr("TIDEPOOL_PUBSUB_CA_FILE", "")});
+  if (!project.empty()) qo->project = project;
+  const std::string described = queue::DescribeQueue(*qo);
+  auto queue = queue::OpenQueue(*qo);
   if (!queue.ok()) {
-    std::fprintf(stderr, "tidepool web: cannot open the queue at %s: %s\n", broker.c_str(),
+    std::fprintf(stderr, "tidepool web: cannot open the queue (%s): %s\n", described.c_str(),
                  queue.status().ToString().c_str());
     return 1;
   }
@@ -126,8 +139,8 @@ int RunWeb(const Args& args) {
     std::fprintf(stderr, "tidepool web: %s\n", web.status().ToString().c_str());
     return web.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
-  std::printf("tidepool web %s: http://%s (apps: %s), broker %s, store %s\n", TIDEPOOL_VERSION,
-              flags.listen.c_str(), web->app_names.c_str(), broker.c_str(),
+  std::printf("tidepool web %s: http://%s (apps: %s), queue %s, store %s\n", TIDEPOOL_VERSION,
+              flags.listen.c_str(), web->app_names.c_str(), described.c_str(),
               web->store_description.c_str());
   std::fflush(stdout);
   int sig = 0;

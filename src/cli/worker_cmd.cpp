@@ -39,8 +39,8 @@ constexpr char kWorkerUsage[] =
     "  --max-in-flight N          requests handled at once (default 1000)\n"
     "  --ack-deadline SECONDS     the lease of each request and each extension (10-600,\n"
     "                             default 60); a crashed worker's requests come back after it\n"
-    "The broker and subscription come from the pool's environment (docs/workers.md):\n"
-    "PUBSUB_EMULATOR_HOST, TIDEPOOL_SUBSCRIPTION (default: the app's).\n";
+    "The queue and subscription come from the pool's environment (docs/workers.md):\n"
+    "TIDEPOOL_NATS_URL or PUBSUB_EMULATOR_HOST, TIDEPOOL_SUBSCRIPTION (default: the app's).\n";
 
 struct WorkerFlags {
   std::string app;

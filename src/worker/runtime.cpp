@@ -32,6 +32,8 @@
 #include <utility>
 #include <vector>
 
+#include "queue/queue_env.h"
+
 namespace tidepool::worker {
 
 namespace asio = boost::asio;
@@ -642,23 +644,7 @@ Result<WorkerEnv> ParseWorkerEnv(const std::function<const char*(const char*)>& 
   };
   WorkerEnv env;
   env.options = std::move(defaults);
-  env.endpoint = value("PUBSUB_EMULATOR_HOST");
-  env.project = value("GOOGLE_CLOUD_PROJECT");
-  if (env.project.empty()) env.project = value("PUBSUB_PROJECT_ID");
-  if (env.endpoint.empty()) {
-    // No emulator: Google Cloud Pub/Sub (Cloud Run worker pools), over TLS with the
-    // credentials of the environment (docs/deploy.md).
-    env.endpoint = value("TIDEPOOL_PUBSUB_ENDPOINT");
-    if (env.endpoint.empty()) env.endpoint = "pubsub.googleapis.com:443";
-    env.auth = "google";
-    env.tls_ca_file = value("TIDEPOOL_PUBSUB_CA_FILE");
-    if (env.project.empty()) {
-      return Status::InvalidArgument(
-          "GOOGLE_CLOUD_PROJECT is not set: Google Cloud Pub/Sub needs the project (or set "
-          "PUBSUB_EMULATOR_HOST to HOST:PORT of a tidepool broker)");
-    }
-  }
-  if (env.project.empty()) env.project = "tidepool";
+  TP_ASSIGN_OR_RETURN(env.queue, queue::QueueOptionsFromEnv(getenv));
   std::string subscription = value("TIDEPOOL_SUBSCRIPTION");
   if (!subscription.empty()) env.options.subscription = subscription;
   if (env.options.subscription.empty()) {
@@ -724,13 +710,9 @@ int RunWorkerMain(const HandlerSetup& setup, RuntimeOptions defaults) {
     return 2;
   }
   const std::string& prefix = env->options.log_prefix;
-  auto queue = queue::OpenQueue({.backend = "pubsub",
-                                 .project = env->project,
-                                 .endpoint = env->endpoint,
-                                 .auth = env->auth,
-                                 .tls_ca_file = env->tls_ca_file});
+  auto queue = queue::OpenQueue(env->queue);
   if (!queue.ok()) {
-    Logf(prefix, "cannot open the queue at %s: %s", env->endpoint.c_str(),
+    Logf(prefix, "cannot open the queue (%s): %s", queue::DescribeQueue(env->queue).c_str(),
          queue.status().ToString().c_str());
     return 1;
   }

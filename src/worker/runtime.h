@@ -120,11 +120,11 @@ class Runtime {
 };
 
 // The main of a worker process started by a pool (docs/workers.md): reads the environment
-// contract (PUBSUB_EMULATOR_HOST — without it, Google Cloud Pub/Sub at TIDEPOOL_PUBSUB_ENDPOINT
-// or pubsub.googleapis.com:443 with TLS and Application Default Credentials —,
-// GOOGLE_CLOUD_PROJECT / PUBSUB_PROJECT_ID,
-// TIDEPOOL_SUBSCRIPTION, TIDEPOOL_POOL / _REVISION / _INSTANCE, TIDEPOOL_GRACE_PERIOD_SECONDS,
-// TIDEPOOL_STATUS_FD) over `defaults`, opens the pubsub queue, drains on SIGTERM / SIGINT.
+// contract — the queue as queue/queue_env.h names it (TIDEPOOL_NATS_URL for NATS JetStream,
+// else PUBSUB_EMULATOR_HOST, else Google Cloud Pub/Sub at TIDEPOOL_PUBSUB_ENDPOINT or
+// pubsub.googleapis.com:443 with TLS and Application Default Credentials), TIDEPOOL_SUBSCRIPTION,
+// TIDEPOOL_POOL / _REVISION / _INSTANCE, TIDEPOOL_GRACE_PERIOD_SECONDS, TIDEPOOL_STATUS_FD —
+// over `defaults`, opens the queue, drains on SIGTERM / SIGINT.
 // Returns the process exit code: 0 after a clean drain, 1 when the stream failed for good,
 // 2 when the environment is incomplete or invalid.
 // REQUIRES: called from the main thread before any other thread is started (it blocks SIGTERM
@@ -133,11 +133,7 @@ int RunWorkerMain(Handler handler, RuntimeOptions defaults = {});
 
 // The environment contract, parsed; exposed for tests.
 struct WorkerEnv {
-  std::string endpoint{};
-  std::string project{};
-  // "" (plaintext: PUBSUB_EMULATOR_HOST) or "google" (TLS + Application Default Credentials).
-  std::string auth{};
-  std::string tls_ca_file{};
+  queue::QueueOptions queue{};
   RuntimeOptions options{};
 };
 

@@ -121,10 +121,10 @@ TEST(WorkerEnvTest, RequiredVariablesAndDefaults) {
   vars["TIDEPOOL_SUBSCRIPTION"] = "chat-requests";
   auto cloud = ParseWorkerEnv(lookup, {});
   ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
-  EXPECT_EQ(cloud->endpoint, "pubsub.googleapis.com:443");
-  EXPECT_EQ(cloud->auth, "google");
+  EXPECT_EQ(cloud->queue.endpoint, "pubsub.googleapis.com:443");
+  EXPECT_EQ(cloud->queue.auth, "google");
   vars["TIDEPOOL_PUBSUB_ENDPOINT"] = "europe-west1-pubsub.googleapis.com:443";
-  EXPECT_EQ(ParseWorkerEnv(lookup, {})->endpoint, "europe-west1-pubsub.googleapis.com:443");
+  EXPECT_EQ(ParseWorkerEnv(lookup, {})->queue.endpoint, "europe-west1-pubsub.googleapis.com:443");
   vars.erase("GOOGLE_CLOUD_PROJECT");
   vars.erase("TIDEPOOL_SUBSCRIPTION");
 
@@ -136,17 +136,18 @@ TEST(WorkerEnvTest, RequiredVariablesAndDefaults) {
   vars["TIDEPOOL_SUBSCRIPTION"] = "chat-requests";
   auto env = ParseWorkerEnv(lookup, {});
   ASSERT_TRUE(env.ok()) << env.status().ToString();
-  EXPECT_EQ(env->endpoint, "127.0.0.1:8085");
-  EXPECT_EQ(env->auth, "") << "an emulator is reached in plaintext";
-  EXPECT_EQ(env->project, "tidepool");
+  EXPECT_EQ(env->queue.backend, "pubsub");
+  EXPECT_EQ(env->queue.endpoint, "127.0.0.1:8085");
+  EXPECT_EQ(env->queue.auth, "") << "an emulator is reached in plaintext";
+  EXPECT_EQ(env->queue.project, "tidepool");
   EXPECT_EQ(env->options.subscription, "chat-requests");
   EXPECT_EQ(env->options.status_fd, -1);
   EXPECT_EQ(env->options.log_prefix, "[worker] ");
 
   vars["PUBSUB_PROJECT_ID"] = "p2";
-  EXPECT_EQ(ParseWorkerEnv(lookup, {})->project, "p2");
+  EXPECT_EQ(ParseWorkerEnv(lookup, {})->queue.project, "p2");
   vars["GOOGLE_CLOUD_PROJECT"] = "p1";  // wins over PUBSUB_PROJECT_ID
-  EXPECT_EQ(ParseWorkerEnv(lookup, {})->project, "p1");
+  EXPECT_EQ(ParseWorkerEnv(lookup, {})->queue.project, "p1");
 
   vars["TIDEPOOL_GRACE_PERIOD_SECONDS"] = "2.5";
   vars["TIDEPOOL_STATUS_FD"] = "7";
@@ -164,6 +165,22 @@ TEST(WorkerEnvTest, RequiredVariablesAndDefaults) {
   vars["TIDEPOOL_GRACE_PERIOD_SECONDS"] = "30";
   vars["TIDEPOOL_STATUS_FD"] = "-3";
   EXPECT_EQ(ParseWorkerEnv(lookup, {}).status().code(), StatusCode::kInvalidArgument);
+  vars["TIDEPOOL_STATUS_FD"] = "7";
+
+  // NATS JetStream wins over the Pub/Sub variables.
+  vars["TIDEPOOL_NATS_URL"] = "nats://10.0.0.1:4222, nats://10.0.0.2:4222";
+  vars["TIDEPOOL_NATS_REPLICAS"] = "3";
+  env = ParseWorkerEnv(lookup, {});
+  ASSERT_TRUE(env.ok()) << env.status().ToString();
+  EXPECT_EQ(env->queue.backend, "nats");
+  EXPECT_EQ(env->queue.nats_servers,
+            (std::vector<std::string>{"nats://10.0.0.1:4222", "nats://10.0.0.2:4222"}));
+  EXPECT_EQ(env->queue.nats_replicas, 3);
+  vars["TIDEPOOL_NATS_URL"] = "10.0.0.1:4222";
+  auto bad = ParseWorkerEnv(lookup, {});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("TIDEPOOL_NATS_URL"), std::string::npos);
 }
 
 // ---------------------------------------------------------------------------------------------

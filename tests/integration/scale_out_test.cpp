@@ -1,8 +1,10 @@
 // Scale-out, end to end with real processes: one PostgreSQL for two `tidepool web` instances,
 // two worker pools (`tidepool pool`, two `tidepool worker` instances each, every instance with
-// its own ledger as on separate machines), llm-sim, and the queue. Conversations are driven
-// through both web instances; one instance is killed with SIGKILL mid-run and its clients
-// retry on the other with the same Idempotency-Key, as a load balancer would. Every message
+// its own ledger as on separate machines), llm-sim, and the queue: a `tidepool broker`, or a
+// 3-node NATS JetStream cluster with every stream and consumer on 3 replicas (then no tidepool
+// broker runs at all: requests and conversation events both go through JetStream). Conversations
+// are driven through both web instances; one instance is killed with SIGKILL mid-run and its
+// clients retry on the other with the same Idempotency-Key, as a load balancer would. Every message
 // that was accepted (202) must end with exactly one reply in the history: not zero, not two.
 //
 // TIDEPOOL_SCALE_CONVERSATIONS sets the number of conversations (default 5,000).
@@ -16,6 +18,7 @@
 #include <thread>
 
 #include "admin/http_client.h"
+#include "queue/test_nats_server.h"
 #include "storage/test_util.h"
 #include "store/test_postgres_server.h"
 #include "test_process.h"
@@ -40,7 +43,9 @@ std::string Endpoint(int port) {
   return "127.0.0.1:" + std::to_string(port);
 }
 
-class ScaleOutTest : public ::testing::Test {
+enum class Backend { kBroker, kNatsCluster };
+
+class ScaleOutTest : public ::testing::TestWithParam<Backend> {
  protected:
   void SetUp() override {
     auto pg = store::testing::TestPostgresServer::Start();
@@ -50,16 +55,29 @@ class ScaleOutTest : public ::testing::Test {
     ASSERT_TRUE(db.ok()) << db.status().ToString();
     store_url_ = postgres_->Uri(*db);
 
-    broker_port_ = testing::FreePort();
-    admin_port_ = testing::FreePort();
     sim_port_ = testing::FreePort();
-    broker_ = std::make_unique<ChildProcess>(std::vector<std::string>{
-        TIDEPOOL_BIN, "broker", "--data-dir", dir_.sub("broker"), "--listen",
-        Endpoint(broker_port_), "--admin-listen", Endpoint(admin_port_)});
+    if (GetParam() == Backend::kBroker) {
+      broker_port_ = testing::FreePort();
+      admin_port_ = testing::FreePort();
+      broker_ = std::make_unique<ChildProcess>(std::vector<std::string>{
+          TIDEPOOL_BIN, "broker", "--data-dir", dir_.sub("broker"), "--listen",
+          Endpoint(broker_port_), "--admin-listen", Endpoint(admin_port_)});
+      ASSERT_TRUE(testing::WaitForPort(broker_port_, 20s));
+      queue_flags_ = {"--broker", Endpoint(broker_port_)};
+      pool_queue_flags_ = {"--endpoint", Endpoint(broker_port_), "--broker-admin",
+                           Endpoint(admin_port_)};
+    } else {
+      auto nats = queue::testing::NatsServers::Start(3);
+      ASSERT_TRUE(nats.ok()) << nats.status().ToString();
+      nats_ = std::move(nats).value();
+      std::string urls;
+      for (const auto& url : nats_->urls()) urls += (urls.empty() ? "" : ",") + url;
+      queue_flags_ = {"--nats", urls, "--nats-replicas", "3"};
+      pool_queue_flags_ = queue_flags_;
+    }
     sim_ = std::make_unique<ChildProcess>(std::vector<std::string>{
         TIDEPOOL_BIN, "llm-sim", "--listen", Endpoint(sim_port_), "--ttft-ms", "20",
         "--tokens-per-second", "0", "--output-tokens", "20", "--threads", "1"});
-    ASSERT_TRUE(testing::WaitForPort(broker_port_, 20s));
     ASSERT_TRUE(testing::WaitForPort(sim_port_, 20s));
     for (int i = 0; i < 2; ++i) {
       web_ports_[i] = testing::FreePort();
@@ -69,11 +87,22 @@ class ScaleOutTest : public ::testing::Test {
   }
 
   void StartWeb(int i) {
-    webs_[i] = std::make_unique<ChildProcess>(std::vector<std::string>{
-        TIDEPOOL_BIN, "web", "--listen", Endpoint(web_ports_[i]), "--broker",
-        Endpoint(broker_port_), "--store", store_url_, "--data-dir",
-        dir_.sub("web" + std::to_string(i)), "--app", App(), "--events-subscription",
-        "tidepool-events-web-" + std::to_string(i), "--rate-limit", "0"});
+    std::vector<std::string> args{TIDEPOOL_BIN,
+                                  "web",
+                                  "--listen",
+                                  Endpoint(web_ports_[i]),
+                                  "--store",
+                                  store_url_,
+                                  "--data-dir",
+                                  dir_.sub("web" + std::to_string(i)),
+                                  "--app",
+                                  App(),
+                                  "--events-subscription",
+                                  "tidepool-events-web-" + std::to_string(i),
+                                  "--rate-limit",
+                                  "0"};
+    args.insert(args.end(), queue_flags_.begin(), queue_flags_.end());
+    webs_[i] = std::make_unique<ChildProcess>(std::move(args));
     ASSERT_TRUE(testing::WaitForPort(web_ports_[i], 30s)) << "tidepool web " << i;
   }
 
@@ -91,10 +120,12 @@ class ScaleOutTest : public ::testing::Test {
                           << json::serialize(json::value(dir_.sub("pool" + std::to_string(i))))
                           << "\n"
                           << "    instances: 2\n";
-    pools_[i] = std::make_unique<ChildProcess>(std::vector<std::string>{
-        TIDEPOOL_BIN, "pool", "--config", config, "--endpoint", Endpoint(broker_port_),
-        "--broker-admin", Endpoint(admin_port_), "--admin-listen", Endpoint(testing::FreePort()),
-        "--data-dir", dir_.sub("pool" + std::to_string(i))});
+    std::vector<std::string> args{TIDEPOOL_BIN,     "pool",
+                                  "--config",       config,
+                                  "--admin-listen", Endpoint(testing::FreePort()),
+                                  "--data-dir",     dir_.sub("pool" + std::to_string(i))};
+    args.insert(args.end(), pool_queue_flags_.begin(), pool_queue_flags_.end());
+    pools_[i] = std::make_unique<ChildProcess>(std::move(args));
   }
 
   static std::string App() {
@@ -116,6 +147,9 @@ class ScaleOutTest : public ::testing::Test {
 
   storage::testing::TempDir dir_;
   std::unique_ptr<store::testing::TestPostgresServer> postgres_;
+  std::unique_ptr<queue::testing::NatsServers> nats_;
+  std::vector<std::string> queue_flags_;       // how `tidepool web` reaches the queue
+  std::vector<std::string> pool_queue_flags_;  // how `tidepool pool` does
   std::string store_url_;
   int broker_port_ = 0;
   int admin_port_ = 0;
@@ -127,7 +161,7 @@ class ScaleOutTest : public ::testing::Test {
   std::unique_ptr<ChildProcess> pools_[2];
 };
 
-TEST_F(ScaleOutTest, EveryAcceptedMessageIsAnsweredOnceWhenAWebInstanceDiesMidRun) {
+TEST_P(ScaleOutTest, EveryAcceptedMessageIsAnsweredOnceWhenAWebInstanceDiesMidRun) {
   const int total = Conversations();
   const std::string base = std::string("/v1/apps/") + kApp + "/conversations";
   std::atomic<bool> web0_dead{false};
@@ -224,10 +258,17 @@ TEST_F(ScaleOutTest, EveryAcceptedMessageIsAnsweredOnceWhenAWebInstanceDiesMidRu
   EXPECT_EQ(twice, 0) << "messages answered more than once";
   const double total_seconds = std::chrono::duration<double>(Clock::now() - started).count();
   std::printf(
-      "scale-out: %zu of %d messages accepted in %.1f s (%d requests retried on the "
+      "scale-out (%s): %zu of %d messages accepted in %.1f s (%d requests retried on the "
       "other instance), all answered once after %.1f s\n",
-      accepted.size(), total, send_seconds, retried_elsewhere.load(), total_seconds);
+      GetParam() == Backend::kBroker ? "tidepool broker" : "NATS cluster, R3", accepted.size(),
+      total, send_seconds, retried_elsewhere.load(), total_seconds);
 }
+
+INSTANTIATE_TEST_SUITE_P(Queues, ScaleOutTest,
+                         ::testing::Values(Backend::kBroker, Backend::kNatsCluster),
+                         [](const ::testing::TestParamInfo<Backend>& info) {
+                           return info.param == Backend::kBroker ? "broker" : "nats_cluster";
+                         });
 
 }  // namespace
 }  // namespace tidepool
