@@ -13,9 +13,12 @@
 #include <poll.h>
 
 #include <algorithm>
+#include <boost/json/array.hpp>
+#include <boost/json/serialize.hpp>
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <memory>
 #include <mutex>
@@ -30,6 +33,8 @@
 
 namespace tidepool::store {
 namespace {
+
+namespace json = boost::json;
 
 // Reads of an idle connection's socket at checkout before it counts as broken (Pool::Healthy).
 constexpr int kMaxIdleReads = 4;
@@ -459,18 +464,22 @@ class PostgresStore final : public Store {
     });
   }
 
-  Status MarkPublished(const std::string& message_id) override {
-    TP_RETURN_IF_ERROR(internal::CheckId("message id", message_id));
+  Result<int64_t> MarkAllPublished(const std::vector<std::string>& message_ids) override {
+    json::array ids;
+    for (const auto& id : message_ids) {
+      TP_RETURN_IF_ERROR(internal::CheckId("message id", id));
+      ids.emplace_back(id);
+    }
     TP_ASSIGN_OR_RETURN(Lease lease, pool_.Checkout());
+    // One statement, one commit: the ids travel as a JSON array, which needs no quoting rules
+    // of its own.
     TP_ASSIGN_OR_RETURN(
         const PgResult result,
         lease.Execute("mark published",
-                      "UPDATE messages SET published = TRUE WHERE id = $1 AND role = 'user'",
-                      Params().Text(message_id)));
-    if (std::string_view(PQcmdTuples(result.get())) == "0") {
-      return Status::NotFound("store: no user message " + message_id);
-    }
-    return Status::Ok();
+                      "UPDATE messages SET published = TRUE WHERE role = 'user' AND id = ANY("
+                      "ARRAY(SELECT jsonb_array_elements_text($1::jsonb)))",
+                      Params().Text(json::serialize(ids))));
+    return std::strtoll(PQcmdTuples(result.get()), nullptr, 10);
   }
 
   Result<std::vector<StoredMessage>> Unpublished(int64_t before_micros, int limit) override {

@@ -17,6 +17,12 @@ std::string_view RoleName(Role role) {
   return "unknown";
 }
 
+Status Store::MarkPublished(const std::string& message_id) {
+  TP_ASSIGN_OR_RETURN(const int64_t marked, MarkAllPublished({message_id}));
+  if (marked == 0) return Status::NotFound("store: no user message " + message_id);
+  return Status::Ok();
+}
+
 Result<std::unique_ptr<Store>> OpenStore(const std::string& url) {
   constexpr std::string_view kSqlite = "sqlite:";
   if (url.starts_with(kSqlite)) {

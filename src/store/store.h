@@ -79,7 +79,10 @@ class Store {
   virtual Result<AddResult> AddUserMessage(const StoredMessage& message,
                                            const std::string& idempotency_key) = 0;
   // NOT_FOUND when no user message has that id; marking a message twice is fine.
-  virtual Status MarkPublished(const std::string& message_id) = 0;
+  Status MarkPublished(const std::string& message_id);
+  // Marks many in one write: the web tier gathers the marks of concurrent POSTs. Ids that name
+  // no user message are skipped; returns how many were marked.
+  virtual Result<int64_t> MarkAllPublished(const std::vector<std::string>& message_ids) = 0;
   // User messages not marked published, oldest first, created before `before_micros`.
   // Like History, at most `limit` (> 0) messages.
   virtual Result<std::vector<StoredMessage>> Unpublished(int64_t before_micros, int limit) = 0;

@@ -604,6 +604,27 @@ TEST_P(StoreTest, MarkPublishedTakesAMessageOffUnpublished) {
   EXPECT_FALSE((*history)[1].published);
 }
 
+TEST_P(StoreTest, MarkAllPublishedMarksTheUserMessagesAndSkipsTheRest) {
+  ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
+  // Ids with characters that mean something to SQL, JSON or array literals.
+  const std::vector<std::string> ids = {"m1", "m,2", "m\"3'", "m{4}"};
+  for (size_t i = 0; i < ids.size(); ++i) {
+    ASSERT_TRUE(IsOk(store_->AddUserMessage(
+        UserMessage("c1", ids[i], "x", static_cast<int64_t>(i + 1) * 1'000), "")));
+  }
+  ASSERT_TRUE(IsOk(store_->AddReply(Reply("c1", "m1", "y"))));
+  auto marked = store_->MarkAllPublished({"m,2", "m\"3'", "nope", "m1/reply"});
+  ASSERT_TRUE(IsOk(marked));
+  EXPECT_EQ(*marked, 2);
+  auto unpublished = store_->Unpublished(10'000, 100);
+  ASSERT_TRUE(IsOk(unpublished));
+  EXPECT_EQ(Ids(*unpublished), (std::vector<std::string>{"m1", "m{4}"}));
+  auto none = store_->MarkAllPublished({});
+  ASSERT_TRUE(IsOk(none));
+  EXPECT_EQ(*none, 0);
+  EXPECT_EQ(CodeOf(store_->MarkAllPublished({"m1", ""})), StatusCode::kInvalidArgument);
+}
+
 TEST_P(StoreTest, MarkPublishedOfWhatIsNoUserMessageIsNotFound) {
   ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
   ASSERT_TRUE(IsOk(store_->AddUserMessage(UserMessage("c1", "m1", "x"), "")));
