@@ -24,6 +24,7 @@
 #include <sstream>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "common/await_callback.h"
 #include "common/request_limits.h"
@@ -43,6 +44,7 @@ constexpr size_t kMaxIdempotencyKey = 200;
 constexpr int kMaxHistoryLimit = 500;
 constexpr auto kSweepEvery = std::chrono::seconds(5);
 constexpr auto kUnpublishedAfter = std::chrono::seconds(10);
+constexpr char kBadConversationId[] = "conversation id must be 1-128 of A-Z a-z 0-9 . _ : -";
 constexpr size_t kMaxRateClients = 100'000;
 constexpr int64_t kStreamTokenSeconds = 15 * 60;
 constexpr char kPostMessageRoute[] = "POST /v1/apps/{app}/conversations/{id}/messages";
@@ -168,6 +170,16 @@ struct WebService::Impl {
   std::thread sweeper;
   std::mutex sweeper_mu;
   std::condition_variable sweeper_cv;
+  // Marks of published messages, written by `marker` in one transaction for all that queued
+  // meanwhile: a POST answers once the queue confirmed its publish, without waiting for a
+  // second commit of its own. A mark lost to a crash only makes the sweeper publish the
+  // message again, and the workers drop the duplicate (by message id).
+  std::thread marker;
+  std::mutex marks_mu;
+  std::condition_variable marks_cv;
+  std::vector<std::string> marks_queued;
+  std::unordered_set<std::string> marks_pending;  // queued or being written
+  bool marks_done = false;
 
   mutable std::mutex mu;
   WebStats stats;
@@ -299,9 +311,7 @@ struct WebService::Impl {
   // The conversation, if it exists in this app; else the error response to give.
   asio::awaitable<std::optional<HttpResponse>> CheckConversation(const AppInfo& app,
                                                                  const std::string& id) {
-    if (!IsValidId(id)) {
-      co_return JsonError(400, "conversation id must be 1-128 of A-Z a-z 0-9 . _ : -");
-    }
+    if (!IsValidId(id)) co_return JsonError(400, kBadConversationId);
     auto get = [this, id] { return store->GetConversation(id); };
     auto got = co_await Offload(blocking, std::move(get));
     if (!got.ok()) co_return JsonError(got.status());
@@ -389,9 +399,7 @@ struct WebService::Impl {
       co_return JsonError(413, "text is longer than 32 KiB");
     }
     if (!IsValidUtf8(message_text)) co_return JsonError(400, "text is not valid UTF-8");
-    if (auto refused = co_await CheckConversation(*app, conversation)) {
-      co_return std::move(*refused);
-    }
+    if (!IsValidId(conversation)) co_return JsonError(400, kBadConversationId);
 
     store::StoredMessage m;
     m.id = RandomId("m-", 24);
@@ -402,16 +410,30 @@ struct WebService::Impl {
     m.created_micros = NowMicros();
     const int limit = std::clamp(options.history_limit, 0, kMaxHistoryLimit);
     struct Stored {
+      Status lookup;        // reading the conversation
+      bool in_app = false;  // the conversation exists and belongs to the app
       Result<store::AddResult> added = Status::Internal("not run");
       Result<std::vector<store::StoredMessage>> history = Status::Internal("not run");
     };
-    auto add = [this, m, key, limit] {
+    // One trip to the blocking pool for the check, the write and the history read.
+    auto add = [this, m, key, limit, app_name = app->name] {
       Stored s;
+      auto got = store->GetConversation(m.conversation_id);
+      if (!got.ok()) {
+        s.lookup = got.status();
+        return s;
+      }
+      s.in_app = got->has_value() && (*got)->app == app_name;
+      if (!s.in_app) return s;
       s.added = store->AddUserMessage(m, key);
       if (s.added.ok()) s.history = store->History(m.conversation_id, limit + 1);
       return s;
     };
     Stored stored = co_await Offload(blocking, std::move(add));
+    if (!stored.lookup.ok()) co_return JsonError(stored.lookup);
+    if (!stored.in_app) {
+      co_return JsonError(404, "no conversation " + conversation + " in app " + app->name);
+    }
     if (!stored.added.ok()) co_return JsonError(stored.added.status());
     const store::StoredMessage& message = stored.added->message;
     auto accepted = [&](bool replayed) {
@@ -422,7 +444,7 @@ struct WebService::Impl {
       if (replayed) response.headers.emplace_back("Idempotent-Replayed", "true");
       return response;
     };
-    if (!stored.added->created && message.published) {
+    if (!stored.added->created && (message.published || MarkPending(message.id))) {
       Count(&WebStats::messages_replayed);
       co_return accepted(true);
     }
@@ -439,10 +461,7 @@ struct WebService::Impl {
       unavailable.headers.emplace_back("Retry-After", "1");
       co_return unavailable;
     }
-    const std::string id = message.id;
-    auto mark = [this, id] { return store->MarkPublished(id); };
-    Status marked = co_await Offload(blocking, std::move(mark));
-    (void)marked;  // unmarked: the sweeper publishes it again; workers drop the duplicate
+    QueueMark(message.id);
     Count(stored.added->created ? &WebStats::messages_accepted : &WebStats::messages_replayed);
     co_return accepted(!stored.added->created);
   }
@@ -612,6 +631,37 @@ struct WebService::Impl {
     }
   }
 
+  void QueueMark(const std::string& id) {
+    {
+      std::lock_guard lock(marks_mu);
+      marks_queued.push_back(id);
+      marks_pending.insert(id);
+    }
+    marks_cv.notify_one();
+  }
+
+  // Published, its mark not written yet: a retry with its key must not publish it again.
+  bool MarkPending(const std::string& id) {
+    std::lock_guard lock(marks_mu);
+    return marks_pending.contains(id);
+  }
+
+  void MarkLoop() {
+    for (;;) {
+      std::vector<std::string> batch;
+      {
+        std::unique_lock lock(marks_mu);
+        marks_cv.wait(lock, [this] { return !marks_queued.empty() || marks_done; });
+        if (marks_queued.empty()) return;
+        batch.swap(marks_queued);
+      }
+      // Unmarked (the store failed): the sweeper publishes them again later.
+      (void)store->MarkAllPublished(batch);
+      std::lock_guard lock(marks_mu);
+      for (const auto& id : batch) marks_pending.erase(id);
+    }
+  }
+
   // ---- operations
 
   asio::awaitable<HttpResponse> Ready(HttpRequest&) {
@@ -771,6 +821,7 @@ Result<std::unique_ptr<WebService>> WebService::Start(WebOptions options, store:
   TP_RETURN_IF_ERROR(s.StartEvents());
   TP_RETURN_IF_ERROR(http.Start());
   s.sweeper = std::thread([self] { self->Sweep(); });
+  s.marker = std::thread([self] { self->MarkLoop(); });
   return std::unique_ptr<WebService>(new WebService(std::move(impl)));
 }
 
@@ -782,7 +833,13 @@ void WebService::Stop(std::chrono::milliseconds grace) {
   s.server->Stop(grace);
   if (s.events) s.events->StopPulling();
   s.blocking.join();
-  s.replies.join();  // replies being stored are stored and acked
+  {
+    std::lock_guard lock(s.marks_mu);
+    s.marks_done = true;
+  }
+  s.marks_cv.notify_all();
+  if (s.marker.joinable()) s.marker.join();  // what is queued is written first
+  s.replies.join();                          // replies being stored are stored and acked
   if (s.events) s.events->Close();
   s.publishers.clear();  // flushes
   s.events.reset();
