@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "broker/report.h"
+#include "common/cpu_list.h"
 #include "pipeline/runner.h"
 #include "pool/spec.h"
 
@@ -38,9 +39,12 @@ std::string AppPoolYaml(const pipeline::AppSpec& app, const std::string& spec_fi
     args += ", --llm-max-concurrency, " + quoted(std::to_string(config.llm_max_concurrency));
   }
   args += "]\n";
+  const std::vector<int> app_cpus = AppCpus(config);
+  const std::string cpus =
+      app_cpus.empty() ? "" : "cpus: " + quoted(FormatCpuList(app_cpus)) + "\n";
   return "name: " + app.name + "\n" + "subscription: " + app.request_subscription + "\n" +
          "command: " + quoted(self) + "\n" + args + env + "grace_period: 30s\n" +
-         "nice: " + std::to_string(config.app_nice) + "\n" + "autoscaling:\n" +
+         "nice: " + std::to_string(config.app_nice) + "\n" + cpus + "autoscaling:\n" +
          "  min: " + std::to_string(config.app_min_instances) + "\n" +
          "  max: " + std::to_string(config.app_max_instances) + "\n" + "  triggers:\n" +
          "    - {type: backlog, target: " + std::to_string(config.app_backlog_target) + "}\n";
@@ -104,6 +108,7 @@ Result<UpApps> StartUpApps(const UpConfig& config, BacklogSource backlogs, queue
     so.listen = config.llm_sim_listen;
     so.threads = 1;
     so.nice = static_cast<int>(config.app_nice);
+    so.cpus = AppCpus(config);
     so.ttft = llm::sim::TtftModel::Lognormal(350, 1200);
     so.tokens_per_second = 40;
     so.output_tokens_min = 60;

@@ -14,6 +14,7 @@
 #include <tuple>
 #include <variant>
 
+#include "common/cpu_list.h"
 #include "common/units.h"
 #include "queue/queue_env.h"
 
@@ -88,6 +89,9 @@ const std::vector<Setting>& Settings() {
        "N: undelivered requests per worker the autoscaler aims at"},
       {"apps", "nice", Kind::kCount, &UpConfig::app_nice, nullptr, nullptr,
        "N: CPU priority (nice 0-19) of the app workers and llm-sim, below the web tier's"},
+      {"apps", "cpus", Kind::kString, &UpConfig::app_cpus, nullptr, nullptr,
+       "auto | all | CPU list: where the app workers and llm-sim run (auto: all CPUs but the "
+       "first, which stays the web tier's)"},
   };
   return settings;
 }
@@ -335,6 +339,12 @@ Result<UpConfig> LoadUpConfig(ConfigCommand command, const Args& args) {
   if (config.app_backlog_target < 1) {
     return Status::InvalidArgument("apps.backlog_target must be at least 1");
   }
+  if (config.app_cpus != "auto" && config.app_cpus != "all") {
+    if (auto cpus = ParseCpuList(config.app_cpus); !cpus.ok()) {
+      return Status::InvalidArgument("apps.cpus: " + cpus.status().message() +
+                                     " (or auto, or all)");
+    }
+  }
   if (config.queue_backend != "embedded" && config.queue_backend != "nats") {
     return Status::InvalidArgument("queue.backend must be embedded or nats, not \"" +
                                    config.queue_backend + "\"");
@@ -360,6 +370,18 @@ Result<UpConfig> LoadUpConfig(ConfigCommand command, const Args& args) {
                                    "' may hold only letters, digits and '-'");
   }
   return config;
+}
+
+std::vector<int> AppCpus(const UpConfig& config) {
+  if (config.app_cpus == "all") return {};
+  if (config.app_cpus == "auto") {
+    std::vector<int> cpus = AllowedCpus();
+    if (cpus.size() < 2) return {};
+    cpus.erase(cpus.begin());
+    return cpus;
+  }
+  auto cpus = ParseCpuList(config.app_cpus);  // checked by LoadUpConfig
+  return cpus.ok() ? std::move(cpus).value() : std::vector<int>{};
 }
 
 std::string ConfigYaml(const UpConfig& config) {

@@ -48,6 +48,9 @@ struct UpConfig {
   // CPU priority of the app workers and of llm-sim (nice, 0-19): below the web tier, so that
   // inference load on the same machine does not slow the UI down (DESIGN.md, promise 3).
   int64_t app_nice = 10;
+  // The CPUs the app workers and llm-sim may run on: "auto" (every CPU but the first, which the
+  // web tier then has to itself, on machines with at least 2), "all", or a CPU list ("1-3").
+  std::string app_cpus = "auto";
   // pools: further pools (docs/pools.md), declared in the config file's `pools` section.
   std::string config_path;  // "" = no config file
   std::string config_text;  // the file's text, for pool::ParsePools
@@ -60,6 +63,10 @@ enum class ConfigCommand { kUp, kBroker };
 // environment, then `args`. INVALID_ARGUMENT naming the file and line, the variable or the flag
 // for an unknown key or a bad value.
 Result<UpConfig> LoadUpConfig(ConfigCommand command, const Args& args);
+
+// The CPUs `apps.cpus` names on this machine; empty: no pinning ("all", or "auto" on a machine
+// that lets this process run on fewer than 2 CPUs).
+std::vector<int> AppCpus(const UpConfig& config);
 
 // The effective settings as a tidepool.yaml (without pools), for --print-config.
 std::string ConfigYaml(const UpConfig& config);

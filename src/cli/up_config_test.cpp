@@ -7,6 +7,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/cpu_list.h"
+
 namespace tidepool::cli {
 namespace {
 
@@ -192,6 +194,28 @@ TEST_F(UpConfigTest, QueueOnNatsNeedsValidServers) {
   EXPECT_FALSE(LoadUpConfig(ConfigCommand::kUp, {"--config", file}).ok());
   // `broker` has no queue to choose: it is the queue.
   EXPECT_FALSE(LoadUpConfig(ConfigCommand::kBroker, {"--queue", "nats"}).ok());
+}
+
+TEST_F(UpConfigTest, AppCpusLeaveTheFirstCpuToTheWebTierByDefault) {
+  auto config = LoadUpConfig(ConfigCommand::kUp, {});
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->app_cpus, "auto");
+  std::vector<int> expected = AllowedCpus();
+  if (expected.size() >= 2) {
+    expected.erase(expected.begin());
+  } else {
+    expected.clear();
+  }
+  EXPECT_EQ(AppCpus(*config), expected);
+  config->app_cpus = "all";
+  EXPECT_TRUE(AppCpus(*config).empty());
+  config->app_cpus = "0,2-3";
+  EXPECT_EQ(AppCpus(*config), (std::vector<int>{0, 2, 3}));
+
+  const std::string file = Write("apps:\n  cpus: first\n");
+  auto bad = LoadUpConfig(ConfigCommand::kUp, {"--config", file});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("apps.cpus"), std::string::npos);
 }
 
 TEST_F(UpConfigTest, NoAppsIsASwitchAndAnEnvironmentBoolean) {

@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -264,6 +265,15 @@ Result<SpawnedProcess> SpawnProcess(const SpawnOptions& options) {
   int error_fd = error_pipe.second.get();
   int cgroup_fd = options.cgroup_procs_fd;
   const int niceness = options.nice;
+  cpu_set_t cpu_set;
+  CPU_ZERO(&cpu_set);
+  for (int cpu : options.cpus) {
+    if (cpu < 0 || cpu >= CPU_SETSIZE) {
+      return Status::InvalidArgument("CPU " + std::to_string(cpu) + " is out of range");
+    }
+    CPU_SET(cpu, &cpu_set);
+  }
+  const bool pin = !options.cpus.empty();
 
   const pid_t parent = ::getpid();
   pid_t pid = ::fork();
@@ -289,6 +299,7 @@ Result<SpawnedProcess> SpawnProcess(const SpawnOptions& options) {
     if (niceness != 0 && ::setpriority(PRIO_PROCESS, 0, niceness) != 0) {
       ChildFail(error_fd, errno);
     }
+    if (pin && ::sched_setaffinity(0, sizeof(cpu_set), &cpu_set) != 0) ChildFail(error_fd, errno);
     if (working_dir != nullptr && ::chdir(working_dir) != 0) ChildFail(error_fd, errno);
     // Targets are placed in increasing order; every source is >= 3 (0-2 are open in the
     // parent), so a later source can only be overwritten by placing fd 3, which comes last.

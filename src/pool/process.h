@@ -54,6 +54,8 @@ struct SpawnOptions {
   int cgroup_procs_fd = -1;
   // The child's niceness (0-19) when not 0.
   int nice = 0;
+  // The CPUs the child may run on; empty: those of the parent.
+  std::vector<int> cpus{};
 };
 
 struct SpawnedProcess {

@@ -13,6 +13,8 @@
 #include <set>
 #include <utility>
 
+#include "common/cpu_list.h"
+
 namespace tidepool::pool {
 
 using std::chrono::milliseconds;
@@ -219,6 +221,11 @@ std::vector<Issue> CollectIssues(const PoolSpec& spec) {
   if (revision.nice < 0 || revision.nice > kMaxNice) {
     out.push_back({"nice", std::to_string(revision.nice) + " is not in 0-19"});
   }
+  if (!revision.cpus.empty()) {
+    if (auto cpus = ParseCpuList(revision.cpus); !cpus.ok()) {
+      out.push_back({"cpus", cpus.status().message()});
+    }
+  }
   if (spec.instances < 0) out.push_back({"instances", "must not be negative"});
   if (spec.grace_period.count() < 0) out.push_back({"grace_period", "must not be negative"});
   ValidateRestart(spec.restart, out);
@@ -302,6 +309,7 @@ class Parser {
             {"working_dir",
              [&](const auto& v, const auto& p) { String(v, p, revision.working_dir); }},
             {"nice", [&](const auto& v, const auto& p) { Int(v, p, revision.nice); }},
+            {"cpus", [&](const auto& v, const auto& p) { String(v, p, revision.cpus); }},
             {"instances", [&](const auto& v, const auto& p) { Int(v, p, out.instances); }},
             {"grace_period",
              [&](const auto& v, const auto& p) { Duration(v, p, out.grace_period); }},
@@ -786,6 +794,7 @@ std::string RevisionDigest(const RevisionSpec& spec) {
   AppendField(canonical, "working_dir", spec.working_dir);
   // Only when set: the digests of revisions from before the field existed stay the same.
   if (spec.nice != 0) AppendField(canonical, "nice", std::to_string(spec.nice));
+  if (!spec.cpus.empty()) AppendField(canonical, "cpus", spec.cpus);
 
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int digest_size = 0;

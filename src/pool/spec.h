@@ -104,6 +104,9 @@ struct RevisionSpec {
   // CPU priority of the instances, as nice(1): 0 (default) to 19, the higher the more they
   // yield the CPU to other processes (a web tier on the same machine).
   int nice = 0;
+  // The CPUs the instances may run on, as a CPU list ("1-3,6"); empty: any. Keeps them off the
+  // CPUs a web tier on the same machine needs to answer at once.
+  std::string cpus{};
 };
 
 struct PoolSpec {

@@ -306,6 +306,10 @@ TEST(ParsePoolErrorTest, ValidationErrorsNameTheLine) {
        "pool.yaml:4: memory_limit: 256 bytes is below the 1Mi minimum (missing unit?)"},
       {"name: p\nsubscription: s\ncommand: w\nnice: 20\n", "pool.yaml:4: nice: 20 is not in 0-19"},
       {"name: p\nsubscription: s\ncommand: w\nnice: -5\n", "pool.yaml:4: nice: -5 is not in 0-19"},
+      {"name: p\nsubscription: s\ncommand: w\ncpus: 3-1\n",
+       "pool.yaml:4: cpus: CPU list \"3-1\": range 3-1 runs backwards"},
+      {"name: p\nsubscription: s\ncommand: w\ncpus: all\n",
+       "pool.yaml:4: cpus: CPU list \"all\": expected CPU numbers and ranges like 0-3,6"},
       {"name: p\nsubscription: s\ncommand: w\nenv: {KEY: a}\nsecrets:\n  KEY: /run/k\n",
        "pool.yaml:6: secrets.KEY: is also set in env"},
       {"name: p\nsubscription: s\ncommand: w\nenv:\n  1BAD: x\n",
@@ -332,7 +336,7 @@ TEST(ParsePoolErrorTest, ReportsEveryProblem) {
   EXPECT_EQ(error,
             "pool.yaml:4: instances: expected an integer, got \"x\"\n"
             "pool.yaml:5: colour: unknown key (expected one of: name, subscription, command, "
-            "args, env, secrets, memory_limit, working_dir, nice, instances, grace_period, "
+            "args, env, secrets, memory_limit, working_dir, nice, cpus, instances, grace_period, "
             "restart, liveness, rollout, autoscaling)");
 }
 
@@ -523,6 +527,7 @@ TEST(RevisionDigestTest, ChangesWithWhatRuns) {
       {"memory limit", [](RevisionSpec& r) { r.memory_limit_bytes = 1LL << 30; }},
       {"working dir", [](RevisionSpec& r) { r.working_dir = "/srv/b"; }},
       {"nice", [](RevisionSpec& r) { r.nice = 10; }},
+      {"cpus", [](RevisionSpec& r) { r.cpus = "1-3"; }},
   };
   for (const Row& row : rows) {
     SCOPED_TRACE(row.what);

@@ -24,6 +24,7 @@
 #include <thread>
 #include <tuple>
 
+#include "common/cpu_list.h"
 #include "pool/log_ring.h"
 #include "pool/probe.h"
 #include "pool/process.h"
@@ -308,7 +309,11 @@ struct Supervisor::Impl {
                        .capture_output = true,
                        .status_pipe = true,
                        .cgroup_procs_fd = cgroup ? cgroup->procs_fd() : -1,
-                       .nice = revision.spec.nice};
+                       .nice = revision.spec.nice,
+                       .cpus = {}};
+    if (!revision.spec.cpus.empty()) {
+      TP_ASSIGN_OR_RETURN(spawn.cpus, ParseCpuList(revision.spec.cpus));
+    }
     spawn.argv.push_back(revision.spec.command);
     spawn.argv.insert(spawn.argv.end(), revision.spec.args.begin(), revision.spec.args.end());
     TP_ASSIGN_OR_RETURN(SpawnedProcess process, SpawnProcess(spawn));

@@ -17,6 +17,8 @@
 #include <sstream>
 #include <thread>
 
+#include "common/cpu_list.h"
+
 namespace tidepool::pool {
 namespace {
 
@@ -530,6 +532,27 @@ while :; do sleep 0.1; done
   const std::string file = dir_ + "/nice-" + supervisor.GetStatus().instances[0].id;
   ASSERT_TRUE(WaitFor([&] { return !ReadFile(file).empty(); }));
   EXPECT_EQ(ReadFile(file), "10\n");
+}
+
+TEST_F(SupervisorTest, InstancesRunOnTheCpusOfTheirSpec) {
+  const std::vector<int> allowed = AllowedCpus();
+  ASSERT_FALSE(allowed.empty());
+  const std::string last = std::to_string(allowed.back());
+  Supervisor& supervisor = StartSupervisor();
+  std::string script = WriteScript("cpus.sh", R"sh(
+grep Cpus_allowed_list /proc/$$/status | awk '{print $2}' > "$DIR/cpus-$TIDEPOOL_INSTANCE"
+echo pulling >&3
+trap 'exit 0' TERM
+while :; do sleep 0.1; done
+)sh");
+  PoolSpec spec = Spec("cpupool", script, 1);
+  spec.revision.cpus = last;
+  ASSERT_TRUE(supervisor.Deploy(spec).ok());
+  ASSERT_TRUE(WaitFor(
+      [&] { return CountInstances(supervisor.GetStatus(), InstanceState::kRunning) == 1; }));
+  const std::string file = dir_ + "/cpus-" + supervisor.GetStatus().instances[0].id;
+  ASSERT_TRUE(WaitFor([&] { return !ReadFile(file).empty(); }));
+  EXPECT_EQ(ReadFile(file), last + "\n");
 }
 
 TEST_F(SupervisorTest, UnreadableSecretFailsTheStartNamingTheFile) {

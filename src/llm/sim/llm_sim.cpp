@@ -27,6 +27,7 @@
 #include <sstream>
 #include <thread>
 
+#include "common/cpu_list.h"
 #include "llm/sim/chat_request.h"
 #include "llm/sim/reply_text.h"
 #include "llm/sim/schema_fill.h"
@@ -762,9 +763,10 @@ Result<std::unique_ptr<LlmSim>> LlmSim::Start(SimOptions options) {
   impl->port = impl->acceptor->local_endpoint().port();
   asio::co_spawn(*impl->shards.front(), impl->Accept(), asio::detached);
   for (const auto& shard : impl->shards) {
-    impl->threads.emplace_back([io = shard.get(), nice = options.nice] {
-      // Best effort: a thread that cannot lower its priority still serves.
+    impl->threads.emplace_back([io = shard.get(), nice = options.nice, cpus = options.cpus] {
+      // Best effort: a thread that cannot lower its priority or be pinned still serves.
       if (nice > 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
+      if (!cpus.empty()) (void)PinCurrentThread(cpus);
       io->run();
     });
   }

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "common/status.h"
 
@@ -58,6 +59,9 @@ struct SimOptions {
   // The niceness of those threads (0-19; Linux sets it per thread): `tidepool up` runs the
   // simulator below the web tier that shares its process.
   int nice = 0;
+  // The CPUs those threads may run on (empty: any): `tidepool up` keeps them off the CPU it
+  // leaves to the web tier.
+  std::vector<int> cpus{};
 
   TtftModel ttft{};
   // Pacing of tokens after the first, per stream; 0 = as fast as the socket takes them.
