@@ -34,7 +34,6 @@ using internal::NowMicros;
 // How long a call waits for another process's write lock (UNAVAILABLE after).
 constexpr std::chrono::milliseconds kBusyTimeout{5'000};
 constexpr std::chrono::milliseconds kBusyRetryPause{10};
-constexpr std::chrono::milliseconds kCheckpointInterval{250};
 // Writes committed together at most: bounds the time the first of them waits for the last.
 constexpr size_t kMaxGroup = 256;
 
@@ -303,15 +302,6 @@ struct DbCloser {
 
 class SqliteStore final : public Store {
  public:
-  ~SqliteStore() override {
-    {
-      std::lock_guard lock(checkpoint_mu_);
-      closing_ = true;
-    }
-    checkpoint_cv_.notify_all();
-    if (checkpointer_.joinable()) checkpointer_.join();
-  }
-
   static Result<std::unique_ptr<Store>> Open(const std::string& path) {
     const auto parent = std::filesystem::path(path).parent_path();
     std::error_code ec;
@@ -348,19 +338,6 @@ class SqliteStore final : public Store {
     sqlite3_extended_result_codes(reader, 1);
     sqlite3_busy_timeout(reader, static_cast<int>(kBusyTimeout.count()));
     TP_RETURN_IF_ERROR(store->read_statements_.Prepare(reader));
-    // Checkpoints on a connection of their own, in the background (see Checkpoints).
-    sqlite3* checkpoint_db = nullptr;
-    const int checkpoint_rc = sqlite3_open_v2(path.c_str(), &checkpoint_db,
-                                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
-    store->checkpoint_db_.reset(checkpoint_db);
-    if (checkpoint_rc != SQLITE_OK) {
-      return Status::Unavailable(
-          "sqlite: cannot open " + path + " for checkpoints: " +
-          (checkpoint_db != nullptr ? sqlite3_errmsg(checkpoint_db) : "out of memory"));
-    }
-    sqlite3_busy_timeout(checkpoint_db, static_cast<int>(kBusyTimeout.count()));
-    SqliteStore* raw = store.get();
-    store->checkpointer_ = std::thread([raw] { raw->Checkpoints(); });
     return std::unique_ptr<Store>(std::move(store));
   }
 
@@ -550,30 +527,13 @@ class SqliteStore final : public Store {
     const auto deadline = std::chrono::steady_clock::now() + kBusyTimeout;
     for (;;) {
       const int rc = sqlite3_exec(
-          db(),
-          "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; "
-          "PRAGMA wal_autocheckpoint = 0;",
+          db(), "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
           nullptr, nullptr, nullptr);
       if (rc == SQLITE_OK) return Status::Ok();
       if ((rc & 0xff) != SQLITE_BUSY || std::chrono::steady_clock::now() >= deadline) {
         return SqliteError(db(), rc, what);
       }
       std::this_thread::sleep_for(kBusyRetryPause);
-    }
-  }
-
-  // SQLite checkpoints a WAL database from inside the commit that crosses 1,000 pages of WAL:
-  // that commit, and every write queued behind it, waits while the WAL is copied into the
-  // database and the database fsync'd (hundreds of ms under load: a POST's p99). Here the
-  // writing connection never checkpoints; this thread does, PASSIVE (writers go on appending
-  // meanwhile), a few times a second.
-  void Checkpoints() {
-    std::unique_lock lock(checkpoint_mu_);
-    while (!checkpoint_cv_.wait_for(lock, kCheckpointInterval, [this] { return closing_; })) {
-      lock.unlock();
-      (void)sqlite3_wal_checkpoint_v2(checkpoint_db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                      nullptr, nullptr);
-      lock.lock();
     }
   }
 
@@ -645,11 +605,6 @@ class SqliteStore final : public Store {
   std::mutex read_mu_;     // the reading connection
   std::unique_ptr<sqlite3, DbCloser> read_db_;
   Statements read_statements_;
-  std::unique_ptr<sqlite3, DbCloser> checkpoint_db_;  // used by checkpointer_ only
-  std::mutex checkpoint_mu_;
-  std::condition_variable checkpoint_cv_;
-  bool closing_ = false;
-  std::thread checkpointer_;  // joined before the connections close (declared after them)
 };
 
 }  // namespace
