@@ -39,8 +39,11 @@ constexpr char kWebUsage[] =
     "  --ui-dir DIR                serve the UI from DIR (default: the built-in copy)\n"
     "  --api-keys-file FILE        lines \"APP KEY\": keys required on those apps' API\n"
     "                              (env TIDEPOOL_WEB_API_KEYS_FILE)\n"
-    "  --events-subscription NAME  this instance's events subscription\n"
-    "                              (default tidepool-events-web)\n"
+    "  --events-subscription NAME  this instance's events subscription (default\n"
+    "                              tidepool-events-web); auto: one made for this instance\n"
+    "                              alone, deleted when it stops, for instances that cannot be\n"
+    "                              told apart (Cloud Run); replies are then stored from the\n"
+    "                              shared subscription tidepool-replies-web\n"
     "  --cors-origin ORIGIN        \"*\" or one origin allowed to call the API\n"
     "  --rate-limit N              POSTs per second per client address (default 5; 0 = off)\n";
 

@@ -3,7 +3,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdio>
 #include <filesystem>
+#include <random>
 
 #include "cli/up_config.h"
 #include "pipeline/runner.h"
@@ -23,6 +26,25 @@ fs::path ExecutableDir() {
 
 std::vector<fs::path> SearchRoots() {
   return {fs::current_path(), ExecutableDir().parent_path()};
+}
+
+constexpr char kRepliesSubscription[] = "tidepool-replies-web";
+
+// "tidepool-events-web-HOST-RANDOM": the host name in the letters a subscription id allows
+// (at most 40 of them), and 8 random hex digits that tell restarts and look-alike hosts apart.
+std::string InstanceSubscriptionName() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
+  std::string name = "tidepool-events-web-";
+  size_t kept = 0;
+  for (const char* c = host; *c != '\0' && kept < 40; ++c, ++kept) {
+    const bool plain = std::isalnum(static_cast<unsigned char>(*c)) || *c == '-';
+    name += plain ? static_cast<char>(std::tolower(static_cast<unsigned char>(*c))) : '-';
+  }
+  std::random_device random;
+  char suffix[16];
+  std::snprintf(suffix, sizeof(suffix), "-%08x", static_cast<unsigned>(random()));
+  return name + suffix;
 }
 
 }  // namespace
@@ -92,6 +114,15 @@ Result<RunningWeb> StartWeb(const WebFlags& flags, queue::Queue& queue, WebHooks
       store_url.starts_with("sqlite:") ? store_url : running.store->engine();
   options.http.listen = flags.listen;
   options.events_subscription = flags.events_subscription;
+  if (flags.events_subscription == "auto") {
+    // Deleted at a clean stop; left behind by a crash, it expires after a day without us (the
+    // shortest expiration Pub/Sub allows).
+    options.events_subscription = InstanceSubscriptionName();
+    options.replies_subscription = kRepliesSubscription;
+    options.events_subscription_ttl = std::chrono::hours(24);
+    options.events_subscription_retention = std::chrono::hours(1);
+    options.delete_events_subscription = true;
+  }
   options.cors_origin = flags.cors_origin;
   options.rate_per_second = flags.rate_limit;
   options.ui_dir = flags.ui_dir;

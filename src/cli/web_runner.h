@@ -21,6 +21,9 @@ struct WebFlags {
   std::vector<std::string> apps;  // spec files; empty = FindApps()
   std::string ui_dir;             // "" = the UI built into the binary
   std::string api_keys_file;      // lines "APP KEY": keys required on those apps' API
+  // "auto": a subscription of this instance alone, named after the host and a random suffix,
+  // for instances that cannot be told apart (Cloud Run); replies are then stored from the
+  // shared kRepliesSubscription (web::WebOptions::replies_subscription).
   std::string events_subscription = "tidepool-events-web";
   std::string cors_origin;
   double rate_limit = 5;

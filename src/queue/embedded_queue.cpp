@@ -163,9 +163,23 @@ class EmbeddedQueue final : public Queue {
           .minimum_backoff_micros = spec.min_backoff.count() * broker::kMicrosPerSecond,
           .maximum_backoff_micros = spec.max_backoff.count() * broker::kMicrosPerSecond};
     }
+    if (spec.message_retention.count() > 0) {
+      config.message_retention_micros = spec.message_retention.count() * broker::kMicrosPerSecond;
+    }
+    if (spec.expiration_ttl.count() > 0) {
+      config.expiration_ttl_micros = spec.expiration_ttl.count() * broker::kMicrosPerSecond;
+    }
     auto created = broker_->CreateSubscription(std::move(config));
     if (created.ok() || created.status().code() == StatusCode::kAlreadyExists) return Status::Ok();
     return Named(created.status(), path);
+  }
+
+  Status DeleteSubscription(const std::string& subscription) override {
+    TP_ASSIGN_OR_RETURN(std::string path,
+                        ResolveName(project_, subscription, ResourceKind::kSubscription));
+    Status deleted = broker_->DeleteSubscription(path);
+    if (deleted.ok() || deleted.code() == StatusCode::kNotFound) return Status::Ok();
+    return Named(deleted, path);
   }
 
   void Publish(const std::string& topic, std::vector<Message> messages,

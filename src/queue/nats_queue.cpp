@@ -223,6 +223,7 @@ struct SubInfo {
   int max_delivery_attempts = 5;
   int64_t min_backoff_seconds = 0;
   int64_t max_backoff_seconds = 0;
+  int64_t expiration_seconds = 0;  // 0: the consumer never expires
   std::string filter_text;
   broker::Filter filter;
 
@@ -245,6 +246,7 @@ json::object SpecJson(const SubInfo& s) {
                       {"max_delivery_attempts", s.max_delivery_attempts},
                       {"min_backoff_seconds", s.min_backoff_seconds},
                       {"max_backoff_seconds", s.max_backoff_seconds},
+                      {"expiration_ttl_seconds", s.expiration_seconds},
                       {"filter", s.filter_text}};
 }
 
@@ -273,6 +275,7 @@ Status SpecFromJson(std::string_view text, SubInfo* s) {
   s->max_delivery_attempts = static_cast<int>(num("max_delivery_attempts", 5));
   s->min_backoff_seconds = num("min_backoff_seconds", 0);
   s->max_backoff_seconds = num("max_backoff_seconds", 0);
+  s->expiration_seconds = num("expiration_ttl_seconds", 0);
   s->filter_text = str("filter");
   auto filter = broker::Filter::Parse(s->filter_text);
   if (!filter.ok()) return filter.status();
@@ -352,6 +355,7 @@ class NatsQueue final : public Queue {
   void Terminate(const std::string& subscription, std::vector<Delivery> deliveries,
                  AckCallback done) override;
   Result<Backlog> GetBacklog(const std::string& subscription) override;
+  Status DeleteSubscription(const std::string& subscription) override;
   std::string backend() const override { return "nats"; }
 
   // From OnInboxMessage on a nats.c thread, under g_routes_mu: posts, never blocks.
@@ -1310,6 +1314,8 @@ Status NatsQueue::EnsureConsumer(const SubInfo& info) {
   cfg.FilterSubject = names.subject.c_str();
   cfg.MaxAckPending = options_.nats_max_ack_pending;
   cfg.ReplayPolicy = js_ReplayInstant;
+  // Seconds of the real clock, not nats_second: the test clock shrinks leases, not lifetimes.
+  if (info.expiration_seconds > 0) cfg.InactiveThreshold = info.expiration_seconds * 1'000'000'000;
   s = AskJetStream([&](jsOptions* jo) {
     jsConsumerInfo* ci = nullptr;
     err = static_cast<jsErrCode>(0);
@@ -1337,6 +1343,7 @@ Status NatsQueue::EnsureSubscription(const SubscriptionSpec& spec) {
   info->ordering = spec.enable_message_ordering;
   info->exactly_once = spec.enable_exactly_once_delivery;
   info->max_delivery_attempts = spec.max_delivery_attempts;
+  info->expiration_seconds = spec.expiration_ttl.count();
   info->min_backoff_seconds = spec.min_backoff.count();
   info->max_backoff_seconds = spec.max_backoff.count();
   info->filter_text = spec.filter;
@@ -1359,6 +1366,34 @@ Status NatsQueue::EnsureSubscription(const SubscriptionSpec& spec) {
   if (s != NATS_OK && !Lookup(path).ok()) {
     return Named(FromNats(s, "subscription directory"), path);
   }
+  return Status::Ok();
+}
+
+Status NatsQueue::DeleteSubscription(const std::string& subscription) {
+  TP_ASSIGN_OR_RETURN(std::string path,
+                      ResolveName(options_.project, subscription, ResourceKind::kSubscription));
+  auto info = Lookup(path);
+  {
+    std::lock_guard lock(cache_mu_);
+    cache_.erase(path);
+  }
+  if (!info.ok()) {
+    return info.status().code() == StatusCode::kNotFound ? Status::Ok() : info.status();
+  }
+  jsErrCode err = static_cast<jsErrCode>(0);
+  const natsStatus s = AskJetStream([&](jsOptions* jo) {
+    err = static_cast<jsErrCode>(0);
+    return js_DeleteConsumer(js_, (*info)->stream.c_str(), (*info)->consumer.c_str(), jo, &err);
+  });
+  if (s != NATS_OK && err != JSConsumerNotFoundErr && err != JSStreamNotFoundErr &&
+      s != NATS_NOT_FOUND) {
+    return Named(FromNats(s, "delete consumer " + (*info)->consumer), path);
+  }
+  auto parsed = broker::ParseResourceName(path, ResourceKind::kSubscription);
+  if (!parsed.ok()) return Named(parsed.status(), path);
+  const std::string key = nats::DirectoryKey(parsed->project, parsed->id);
+  const natsStatus d = kvStore_Delete(directory_, key.c_str());
+  if (d != NATS_OK) return Named(FromNats(d, "subscription directory"), path);
   return Status::Ok();
 }
 
@@ -1385,6 +1420,12 @@ Result<std::shared_ptr<SubInfo>> NatsQueue::Lookup(const std::string& path) {
     return Status::NotFound(path + ": subscription not found");
   }
   if (s != NATS_OK) return Named(FromNats(s, "subscription directory"), path);
+  // A deleted subscription leaves a tombstone (KV-Operation: DEL) as the key's last message.
+  const char* operation = nullptr;
+  if (natsMsgHeader_Get(entry, "KV-Operation", &operation) == NATS_OK && operation != nullptr) {
+    natsMsg_Destroy(entry);
+    return Status::NotFound(path + ": subscription not found");
+  }
   auto info = std::make_shared<SubInfo>();
   info->path = path;
   Status parsed_spec = SpecFromJson(

@@ -290,6 +290,12 @@ class PubsubQueue final : public Queue {
     sub.set_enable_message_ordering(spec.enable_message_ordering);
     sub.set_enable_exactly_once_delivery(spec.enable_exactly_once_delivery);
     sub.set_filter(spec.filter);
+    if (spec.message_retention.count() > 0) {
+      sub.mutable_message_retention_duration()->set_seconds(spec.message_retention.count());
+    }
+    if (spec.expiration_ttl.count() > 0) {
+      sub.mutable_expiration_policy()->mutable_ttl()->set_seconds(spec.expiration_ttl.count());
+    }
     if (!spec.dead_letter_topic.empty()) {
       TP_ASSIGN_OR_RETURN(std::string dead, ResolveName(options_.project, spec.dead_letter_topic,
                                                         ResourceKind::kTopic));
@@ -385,6 +391,14 @@ class PubsubQueue final : public Queue {
   }
 
   Result<Backlog> GetBacklog(const std::string& subscription) override;
+
+  Status DeleteSubscription(const std::string& subscription) override {
+    TP_ASSIGN_OR_RETURN(std::string path,
+                        ResolveName(options_.project, subscription, ResourceKind::kSubscription));
+    Status deleted = client_->DeleteSubscription(path);
+    if (deleted.ok() || deleted.code() == StatusCode::kNotFound) return Status::Ok();
+    return Named(deleted, path);
+  }
 
   std::string backend() const override { return "pubsub"; }
 

@@ -69,6 +69,13 @@ struct SubscriptionSpec {
   std::chrono::seconds min_backoff{0};
   std::chrono::seconds max_backoff{0};
   std::string filter{};
+  // Deleted after this long without a subscriber (Pub/Sub expiration_policy: at least 1 day and
+  // at least message_retention; JetStream's InactiveThreshold); 0: the backend's default (31
+  // days; never on NATS).
+  std::chrono::seconds expiration_ttl{0};
+  // How long unacknowledged messages are kept (Pub/Sub: 10 minutes to 7 days); 0: the
+  // backend's default (7 days). On NATS the topic's stream decides (docs/queue-nats.md).
+  std::chrono::seconds message_retention{0};
 };
 
 // Outcome of Ack / Nack / ExtendLease / Terminate.
@@ -130,6 +137,9 @@ class Queue {
   // ---- setup (idempotent)
   virtual Status EnsureTopic(const std::string& topic) = 0;
   virtual Status EnsureSubscription(const SubscriptionSpec& spec) = 0;
+  // Deletes a subscription with what it holds; one that does not exist is no error. Its
+  // streams must be closed first.
+  virtual Status DeleteSubscription(const std::string& subscription) = 0;
 
   // ---- publish: the messages of one call are published together; `done` gets their ids
   // once the backend made them durable.

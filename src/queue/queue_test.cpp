@@ -539,6 +539,22 @@ TEST_P(QueueTest, BacklogCountsUndeliveredAndLeased) {
   EXPECT_EQ(queue_->GetBacklog("nosuchsub").status().code(), StatusCode::kNotFound);
 }
 
+TEST_P(QueueTest, DeleteSubscriptionDropsItAndWhatItHeld) {
+  Setup({.expiration_ttl = std::chrono::hours(24), .message_retention = std::chrono::hours(1)});
+  PublishN(3);
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, 3u);
+  Status deleted = queue_->DeleteSubscription(kSub);
+  ASSERT_TRUE(deleted.ok()) << deleted.ToString();
+  EXPECT_EQ(queue_->GetBacklog(kSub).status().code(), StatusCode::kNotFound);
+  EXPECT_TRUE(queue_->DeleteSubscription(kSub).ok()) << "deleting twice is no error";
+  EXPECT_TRUE(queue_->DeleteSubscription("nosuchsub").ok());
+  // Made again, it starts empty: what the deleted one held is gone with it.
+  Setup();
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, 0u);
+  PublishN(1);
+  EXPECT_EQ(BacklogOf(kSub).undelivered_messages, 1u);
+}
+
 TEST_P(QueueTest, PullWaitsThenReturnsEmpty) {
   Setup();
   const auto start = std::chrono::steady_clock::now();
@@ -573,6 +589,7 @@ class CountingQueue final : public Queue {
   Status EnsureSubscription(const SubscriptionSpec& s) override {
     return inner_.EnsureSubscription(s);
   }
+  Status DeleteSubscription(const std::string& s) override { return inner_.DeleteSubscription(s); }
   void Publish(const std::string& topic, std::vector<Message> messages,
                PublishCallback done) override {
     publish_calls.fetch_add(1);

@@ -165,6 +165,7 @@ struct WebService::Impl {
   std::map<std::string, AppInfo> apps;
   std::map<std::string, std::unique_ptr<queue::Publisher>> publishers;  // by app
   std::unique_ptr<queue::MessageStream> events;
+  std::unique_ptr<queue::MessageStream> replies_stream;  // with options.replies_subscription
   std::atomic<bool> events_ok{false};
   std::atomic<bool> stopping{false};
   std::thread sweeper;
@@ -520,9 +521,14 @@ struct WebService::Impl {
     hub.Unsubscribe(conversation, subscription);
   }
 
+  // What a stream of events is for: the hub (event streams), storing final replies, or both.
+  enum class EventUse { kAll, kHubOnly, kRepliesOnly };
+
   // On the queue's thread: hands each event to the hub; finals and errors are stored (off the
   // queue's thread) before they are acked.
-  void OnEvents(std::vector<queue::Delivery> deliveries) {
+  void OnEvents(std::vector<queue::Delivery> deliveries, EventUse use) {
+    std::unique_ptr<queue::MessageStream>& source =
+        use == EventUse::kRepliesOnly ? replies_stream : events;
     std::vector<std::string> ack_now;
     for (auto& d : deliveries) {
       {
@@ -546,8 +552,8 @@ struct WebService::Impl {
         ack_now.push_back(d.ack_id);
         continue;
       }
-      hub.Add(conversation, str("id"), type, d.message.data);
-      if (type != "final" && type != "error") {
+      if (use != EventUse::kRepliesOnly) hub.Add(conversation, str("id"), type, d.message.data);
+      if (use == EventUse::kHubOnly || (type != "final" && type != "error")) {
         ack_now.push_back(d.ack_id);
         continue;
       }
@@ -562,18 +568,33 @@ struct WebService::Impl {
         reply.cards_json = json::serialize(*cards);
       }
       reply.created_micros = NowMicros();
-      asio::post(replies, [this, reply, ack = d.ack_id] {
+      asio::post(replies, [this, reply, ack = d.ack_id, &source] {
         auto stored = store->AddReply(reply);
         if (stored.ok() || stored.status().code() == StatusCode::kNotFound ||
             stored.status().code() == StatusCode::kInvalidArgument) {
           if (stored.ok() && *stored) Count(&WebStats::replies_stored);
-          if (events) events->Ack({ack}, nullptr);
-        } else if (events) {
-          events->Nack({ack}, std::chrono::seconds(1), nullptr);  // the store is down: later
+          if (source) source->Ack({ack}, nullptr);
+        } else if (source) {
+          source->Nack({ack}, std::chrono::seconds(1), nullptr);  // the store is down: later
         }
       });
     }
-    if (!ack_now.empty() && events) events->Ack(std::move(ack_now), nullptr);
+    if (!ack_now.empty() && source) source->Ack(std::move(ack_now), nullptr);
+  }
+
+  Result<std::unique_ptr<queue::MessageStream>> SubscribeEvents(const std::string& name,
+                                                                EventUse use) {
+    queue::StreamOptions stream_options;
+    stream_options.flow.max_outstanding_messages = 10'000;
+    stream_options.stream_ack_deadline_seconds = 30;
+    return queue->Subscribe(
+        name, stream_options,
+        [this, use](std::vector<queue::Delivery> d) { OnEvents(std::move(d), use); },
+        [this, name](Status error) {
+          events_ok = false;
+          std::fprintf(stderr, "web: events stream of %s ended: %s\n", name.c_str(),
+                       error.ToString().c_str());
+        });
   }
 
   Status StartEvents() {
@@ -581,19 +602,22 @@ struct WebService::Impl {
     queue::SubscriptionSpec sub{.name = options.events_subscription, .topic = options.events_topic};
     sub.ack_deadline_seconds = 30;
     sub.enable_message_ordering = true;
+    sub.expiration_ttl = options.events_subscription_ttl;
+    sub.message_retention = options.events_subscription_retention;
     TP_RETURN_IF_ERROR(queue->EnsureSubscription(sub));
-    queue::StreamOptions stream_options;
-    stream_options.flow.max_outstanding_messages = 10'000;
-    stream_options.stream_ack_deadline_seconds = 30;
-    auto stream = queue->Subscribe(
-        options.events_subscription, stream_options,
-        [this](std::vector<queue::Delivery> d) { OnEvents(std::move(d)); },
-        [this](Status error) {
-          events_ok = false;
-          std::fprintf(stderr, "web: events stream ended: %s\n", error.ToString().c_str());
-        });
-    if (!stream.ok()) return stream.status();
-    events = std::move(stream).value();
+    const bool shared_replies = !options.replies_subscription.empty();
+    if (shared_replies) {
+      queue::SubscriptionSpec shared{.name = options.replies_subscription,
+                                     .topic = options.events_topic};
+      shared.ack_deadline_seconds = 30;
+      shared.filter = R"(attributes.type = "final" OR attributes.type = "error")";
+      TP_RETURN_IF_ERROR(queue->EnsureSubscription(shared));
+      TP_ASSIGN_OR_RETURN(replies_stream,
+                          SubscribeEvents(options.replies_subscription, EventUse::kRepliesOnly));
+    }
+    TP_ASSIGN_OR_RETURN(events,
+                        SubscribeEvents(options.events_subscription,
+                                        shared_replies ? EventUse::kHubOnly : EventUse::kAll));
     events_ok = true;
     return Status::Ok();
   }
@@ -832,6 +856,7 @@ void WebService::Stop(std::chrono::milliseconds grace) {
   if (s.sweeper.joinable()) s.sweeper.join();
   s.server->Stop(grace);
   if (s.events) s.events->StopPulling();
+  if (s.replies_stream) s.replies_stream->StopPulling();
   s.blocking.join();
   {
     std::lock_guard lock(s.marks_mu);
@@ -841,8 +866,17 @@ void WebService::Stop(std::chrono::milliseconds grace) {
   if (s.marker.joinable()) s.marker.join();  // what is queued is written first
   s.replies.join();                          // replies being stored are stored and acked
   if (s.events) s.events->Close();
+  if (s.replies_stream) s.replies_stream->Close();
   s.publishers.clear();  // flushes
   s.events.reset();
+  s.replies_stream.reset();
+  if (s.options.delete_events_subscription) {
+    if (Status deleted = s.queue->DeleteSubscription(s.options.events_subscription);
+        !deleted.ok()) {
+      std::fprintf(stderr, "web: events subscription %s stays until it expires: %s\n",
+                   s.options.events_subscription.c_str(), deleted.ToString().c_str());
+    }
+  }
 }
 
 int WebService::port() const {

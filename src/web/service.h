@@ -40,6 +40,15 @@ struct WebOptions {
   std::string events_topic = "tidepool-events";
   // This instance's subscription to the events topic; several web instances need one each.
   std::string events_subscription = "tidepool-events-web";
+  // Anonymous instances (Cloud Run), whose events subscription is new at each start: non-empty,
+  // final replies are stored from this subscription instead, shared by every instance (each
+  // reply goes to one of them, and one started later still gets what was published while none
+  // ran), and the events subscription only feeds this instance's event streams.
+  std::string replies_subscription{};
+  // Deleted after this long without this instance (0: the queue's default), and at Stop.
+  std::chrono::seconds events_subscription_ttl{0};
+  std::chrono::seconds events_subscription_retention{0};  // 0: the queue's default
+  bool delete_events_subscription = false;
   // Per client address, on POSTs: a token bucket (429 + Retry-After when empty).
   double rate_per_second = 5;
   double rate_burst = 20;

@@ -248,6 +248,7 @@ class FakeQueue : public queue::Queue {
  public:
   Status EnsureTopic(const std::string&) override { return Status::Ok(); }
   Status EnsureSubscription(const queue::SubscriptionSpec&) override { return Status::Ok(); }
+  Status DeleteSubscription(const std::string&) override { return Status::Ok(); }
   void Publish(const std::string&, std::vector<queue::Message>,
                queue::PublishCallback done) override {
     done(Status::Internal("fake"));

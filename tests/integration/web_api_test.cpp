@@ -419,6 +419,56 @@ TEST_F(WebApiTest, TheEventStreamShowsProgressTokensCardsAndTheFinal) {
   }
 }
 
+// Anonymous instances (`tidepool web --events-subscription auto`): each streams from a
+// subscription of its own, replies are stored from one shared subscription, and a stopped
+// instance deletes its own.
+TEST_F(WebApiTest, InstancesWithSubscriptionsOfTheirOwnBothStreamAndStoreEachReplyOnce) {
+  auto instance = [this](const std::string& name) {
+    WebOptions o = Options();
+    o.events_subscription = name;
+    o.replies_subscription = "tidepool-replies-web";
+    o.events_subscription_ttl = std::chrono::hours(24);
+    o.events_subscription_retention = std::chrono::hours(1);
+    o.delete_events_subscription = true;
+    return o;
+  };
+  StartWeb(instance("tidepool-events-web-a"));
+  auto second = WebService::Start(instance("tidepool-events-web-b"), store_.get(), queue_.get());
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  StartWorker();
+  const std::string id = NewConversation();
+  SseClient on_first(port_, Base(id) + "/events");
+  SseClient on_second((*second)->port(), Base(id) + "/events");
+  ASSERT_EQ(Post(id, "Something green and fresh for spring").status, 202);
+  for (SseClient* stream : {&on_first, &on_second}) {
+    ASSERT_TRUE(stream->ReadUntil([](const auto& e) { return HasType(e, "final"); }, 30s));
+    EXPECT_TRUE(HasType(stream->events, "token"));
+  }
+  ASSERT_TRUE(WaitForReplies(id, 1, 30s));
+  std::this_thread::sleep_for(500ms);  // a second reply, if one were coming
+  EXPECT_EQ(History(id).size(), 2u);
+
+  (*second)->Stop(1s);
+  EXPECT_EQ(broker_->GetSubscription("projects/tidepool/subscriptions/tidepool-events-web-b")
+                .status()
+                .code(),
+            StatusCode::kNotFound);
+  EXPECT_TRUE(
+      broker_->GetSubscription("projects/tidepool/subscriptions/tidepool-events-web-a").ok());
+  auto shared = broker_->GetSubscription("projects/tidepool/subscriptions/tidepool-replies-web");
+  ASSERT_TRUE(shared.ok()) << "the shared one stays for the other instances";
+  EXPECT_FALSE(shared->filter.empty());
+
+  // A reply finished while no instance runs is stored by one started later, under a new name:
+  // its own subscription did not exist then, the shared one did.
+  ASSERT_EQ(Post(id, "And one for autumn?").status, 202);
+  service_->Stop(1s);
+  service_.reset();
+  std::this_thread::sleep_for(3s);  // the worker answers meanwhile (about 1 s)
+  StartWeb(instance("tidepool-events-web-c"));
+  EXPECT_TRUE(WaitForReplies(id, 2, 30s)) << json::serialize(History(id));
+}
+
 TEST_F(WebApiTest, AReconnectWithLastEventIdResumesWithNoGapAndNoDuplicate) {
   StartWeb(Options());
   StartWorker();
