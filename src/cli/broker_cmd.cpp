@@ -101,6 +101,7 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
   // autoscaler reads backlog in-process.
   std::unique_ptr<queue::Queue> queue;
   std::unique_ptr<pool::PoolManager> pools;
+  std::string queue_description;  // `up` on NATS: for the start-up line
   if (up) {
     queue::QueueOptions qo;
     queue::QueueOptions instances;
@@ -116,9 +117,10 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
       instances.backend = "pubsub";
       instances.endpoint = LoopbackEndpoint(flags.broker_listen, server->port());
     }
+    queue_description = queue::DescribeQueue(qo);
     auto q = queue::OpenQueue(qo);
     if (!q.ok()) {
-      std::fprintf(stderr, "tidepool %s: %s: %s\n", cmd, queue::DescribeQueue(qo).c_str(),
+      std::fprintf(stderr, "tidepool %s: %s: %s\n", cmd, queue_description.c_str(),
                    q.status().ToString().c_str());
       return 1;
     }
@@ -181,11 +183,7 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
                 server->port(), flags.admin_listen.c_str());
   } else {
     std::printf("tidepool %s %s: data dir %s, queue %s, admin on http://%s\n", cmd,
-                TIDEPOOL_VERSION, flags.data_dir.c_str(),
-                queue::DescribeQueue({.backend = "nats",
-                                      .nats_servers = queue::ParseNatsUrls(flags.nats_url).value(),
-                                      .nats_replicas = static_cast<int>(flags.nats_replicas)})
-                    .c_str(),
+                TIDEPOOL_VERSION, flags.data_dir.c_str(), queue_description.c_str(),
                 flags.admin_listen.c_str());
   }
   if (apps) {

@@ -61,12 +61,7 @@ Result<queue::QueueOptions> PoolQueue(const PoolFlags& f) {
   }
   if (!f.nats.empty()) overrides["TIDEPOOL_NATS_URL"] = f.nats;
   if (!f.nats_replicas.empty()) overrides["TIDEPOOL_NATS_REPLICAS"] = f.nats_replicas;
-  auto qo = queue::QueueOptionsFromEnv(
-      [&](const char* name) -> const char* {
-        auto it = overrides.find(name);
-        return it != overrides.end() ? it->second.c_str() : std::getenv(name);
-      },
-      {.emulator_endpoint = "127.0.0.1:8085"});
+  auto qo = queue::QueueOptionsFromProcessEnv(overrides, {.emulator_endpoint = "127.0.0.1:8085"});
   if (!qo.ok()) return qo.status();
   if (!f.project.empty()) qo->project = f.project;
   if (qo->backend == "pubsub" && qo->auth.empty()) qo->admin_endpoint = f.broker_admin;

@@ -358,16 +358,12 @@ Result<UpConfig> LoadUpConfig(ConfigCommand command, const Args& args) {
       return Status::InvalidArgument("queue.nats_url: " + urls.status().message());
     }
   }
-  if (config.nats_replicas < 1 || config.nats_replicas > 5) {
+  if (config.nats_replicas < 1 || config.nats_replicas > queue::kMaxNatsReplicas) {
     return Status::InvalidArgument("queue.nats_replicas must be in 1-5, not " +
                                    std::to_string(config.nats_replicas));
   }
-  if (config.nats_prefix.empty() ||
-      !std::all_of(config.nats_prefix.begin(), config.nats_prefix.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) || c == '-';
-      })) {
-    return Status::InvalidArgument("queue.nats_prefix: '" + config.nats_prefix +
-                                   "' may hold only letters, digits and '-'");
+  if (Status prefix = queue::CheckNatsPrefix(config.nats_prefix); !prefix.ok()) {
+    return Status::InvalidArgument("queue.nats_prefix: " + prefix.message());
   }
   return config;
 }

@@ -119,12 +119,8 @@ int RunWeb(const Args& args) {
   sigaddset(&signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  auto qo = queue::QueueOptionsFromEnv(
-      [&](const char* name) -> const char* {
-        auto it = queue_overrides.find(name);
-        return it != queue_overrides.end() ? it->second.c_str() : std::getenv(name);
-      },
-      {.emulator_endpoint = "127.0.0.1:8085"});
+  auto qo =
+      queue::QueueOptionsFromProcessEnv(queue_overrides, {.emulator_endpoint = "127.0.0.1:8085"});
   if (!qo.ok()) {
     std::fprintf(stderr, "tidepool web: %s\n", qo.status().message().c_str());
     return 2;

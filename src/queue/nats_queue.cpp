@@ -38,6 +38,7 @@
 #include "broker/filter.h"
 #include "queue/backends.h"
 #include "queue/nats_protocol.h"
+#include "queue/queue_env.h"
 
 namespace tidepool::queue::internal {
 namespace {
@@ -1032,12 +1033,8 @@ Status NatsQueue::Connect() {
   if (options_.nats_servers.empty()) {
     return Status::InvalidArgument("queue backend \"nats\" needs QueueOptions::nats_servers");
   }
-  if (options_.nats_prefix.empty() ||
-      !std::all_of(options_.nats_prefix.begin(), options_.nats_prefix.end(), [](char c) {
-        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-';
-      })) {
-    return Status::InvalidArgument("nats_prefix \"" + options_.nats_prefix +
-                                   "\": letters, digits and '-' only");
+  if (Status prefix = CheckNatsPrefix(options_.nats_prefix); !prefix.ok()) {
+    return Status::InvalidArgument("nats_prefix: " + prefix.message());
   }
   if (options_.nats_replicas < 1 || options_.nats_second.count() <= 0) {
     return Status::InvalidArgument("nats_replicas and nats_second must be positive");

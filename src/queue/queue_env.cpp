@@ -1,7 +1,9 @@
 #include "queue/queue_env.h"
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
+#include <cstdlib>
 
 namespace tidepool::queue {
 namespace {
@@ -13,8 +15,6 @@ constexpr char kEmulatorHost[] = "PUBSUB_EMULATOR_HOST";
 constexpr char kPubsubEndpoint[] = "TIDEPOOL_PUBSUB_ENDPOINT";
 constexpr char kPubsubCaFile[] = "TIDEPOOL_PUBSUB_CA_FILE";
 constexpr char kGoogleEndpoint[] = "pubsub.googleapis.com:443";
-// JetStream clusters replicate a stream on at most 5 servers.
-constexpr int kMaxReplicas = 5;
 
 std::string Trim(std::string_view s) {
   while (!s.empty() && s.front() == ' ') s.remove_prefix(1);
@@ -33,6 +33,24 @@ bool ValidHostPort(std::string_view s) {
 }
 
 }  // namespace
+
+Status CheckNatsPrefix(const std::string& prefix) {
+  const bool valid = !prefix.empty() && std::all_of(prefix.begin(), prefix.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '-';
+  });
+  if (valid) return Status::Ok();
+  return Status::InvalidArgument("'" + prefix + "' may hold only letters, digits and '-'");
+}
+
+Result<QueueOptions> QueueOptionsFromProcessEnv(const std::map<std::string, std::string>& overrides,
+                                                const QueueEnvDefaults& defaults) {
+  return QueueOptionsFromEnv(
+      [&overrides](const char* name) -> const char* {
+        auto it = overrides.find(name);
+        return it != overrides.end() ? it->second.c_str() : std::getenv(name);
+      },
+      defaults);
+}
 
 Result<std::vector<std::string>> ParseNatsUrls(const std::string& list) {
   std::vector<std::string> urls;
@@ -85,18 +103,15 @@ Result<QueueOptions> QueueOptionsFromEnv(const std::function<const char*(const c
       int n = 0;
       auto [end, ec] = std::from_chars(replicas.data(), replicas.data() + replicas.size(), n);
       if (ec != std::errc() || end != replicas.data() + replicas.size() || n < 1 ||
-          n > kMaxReplicas) {
+          n > kMaxNatsReplicas) {
         return Status::InvalidArgument(std::string(kNatsReplicas) + ": '" + replicas +
                                        "' is not a number of replicas from 1 to 5");
       }
       options.nats_replicas = n;
     }
     if (const std::string prefix = value(kNatsPrefix); !prefix.empty()) {
-      for (char c : prefix) {
-        if (!std::isalnum(static_cast<unsigned char>(c)) && c != '-') {
-          return Status::InvalidArgument(std::string(kNatsPrefix) + ": '" + prefix +
-                                         "' may hold only letters, digits and '-'");
-        }
+      if (Status checked = CheckNatsPrefix(prefix); !checked.ok()) {
+        return Status::InvalidArgument(std::string(kNatsPrefix) + ": " + checked.message());
       }
       options.nats_prefix = prefix;
     }

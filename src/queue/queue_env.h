@@ -46,6 +46,15 @@ Result<std::vector<std::string>> ParseNatsUrls(const std::string& list);
 // the other backend are set empty so that the parent's environment cannot override the choice.
 Result<std::map<std::string, std::string>> QueueEnvOf(const QueueOptions& options);
 
+// The variables of the process, with `overrides` (a command's flags) in front of them.
+Result<QueueOptions> QueueOptionsFromProcessEnv(const std::map<std::string, std::string>& overrides,
+                                                const QueueEnvDefaults& defaults);
+
+// A prefix of NATS names: letters, digits and '-' (INVALID_ARGUMENT saying so, without a name
+// of the setting: callers put theirs in front).
+Status CheckNatsPrefix(const std::string& prefix);
+constexpr int kMaxNatsReplicas = 5;  // JetStream replicates a stream on at most 5 servers
+
 // One line for logs: "nats nats://a:4222,nats://b:4222 (3 replicas)", "pubsub 127.0.0.1:8085".
 std::string DescribeQueue(const QueueOptions& options);
 
