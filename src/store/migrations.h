@@ -19,6 +19,17 @@
 //     UNIQUE (request_id) WHERE role <> 'user'                 one reply per user message
 //     INDEX (created_micros) WHERE role = 'user' AND NOT published   for Unpublished
 //
+// Version 2, SQLite only (PostgreSQL stays at the version 1 tables; the version is recorded):
+//   conversations(id TEXT PRIMARY KEY, app, created_micros) WITHOUT ROWID: the next seq is
+//                 MAX(seq) + 1 of the conversation's messages
+//   messages(conversation_id, seq, id UNIQUE, role, text, request_id, cards_json,
+//            created_micros, idempotency_key NULL, PRIMARY KEY (conversation_id, seq))
+//            WITHOUT ROWID: a conversation's messages are stored together, in order
+//     the same two partial unique indexes as version 1
+//   unpublished(id TEXT PRIMARY KEY, created_micros) WITHOUT ROWID: the user messages not
+//               marked published (a message is published when it has no row here)
+//     INDEX (created_micros, id)                                    for Unpublished
+//
 // A migration is never edited once released: a change is a new version appended to the list.
 #pragma once
 

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "store/migrations.h"
 #include "store/store.h"
 #include "store/store_test.h"
 
@@ -116,6 +117,108 @@ TEST(SqliteStoreTest, RoleNames) {
   EXPECT_EQ(RoleName(Role::kUser), "user");
   EXPECT_EQ(RoleName(Role::kAssistant), "assistant");
   EXPECT_EQ(RoleName(Role::kError), "error");
+}
+
+// A file written by a build with schema version 1 opens with this build: migration 2 moves its
+// rows into the new tables, and every kind of row reads back as before.
+TEST(SqliteStoreTest, AVersionOneFileIsMigratedWithItsRows) {
+  SqliteBackend backend;
+  std::filesystem::create_directories(std::filesystem::path(backend.path()).parent_path());
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(backend.path().c_str(), &db), SQLITE_OK);
+  auto exec = [db](const std::string& sql) {
+    char* error = nullptr;
+    const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
+    const std::string message = error != nullptr ? error : "";
+    sqlite3_free(error);
+    return rc == SQLITE_OK ? std::string() : message + " in: " + sql;
+  };
+  ASSERT_EQ(exec("PRAGMA journal_mode = WAL"), "");
+  ASSERT_EQ(exec("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT "
+                 "NULL, applied_at TEXT NOT NULL DEFAULT '2026-01-01T00:00:00Z')"),
+            "");
+  const Migration& v1 = Migrations()[0];
+  ASSERT_EQ(v1.version, 1);
+  for (const std::string_view sql : v1.sqlite) ASSERT_EQ(exec(std::string(sql)), "");
+  ASSERT_EQ(exec("INSERT INTO schema_migrations (version, name) VALUES (1, 'v1')"), "");
+  // c1: a published message with its reply, an unpublished one with an idempotency key; c2:
+  // an error reply; c3: no messages, its next seq past a message deleted by hand.
+  ASSERT_EQ(exec("INSERT INTO conversations VALUES ('c1', 'scent', 10, 4), ('c2', 'gift', 20, 3), "
+                 "('c3', 'scent', 30, 5)"),
+            "");
+  ASSERT_EQ(exec("INSERT INTO messages (id, conversation_id, seq, role, text, request_id, "
+                 "cards_json, created_micros, published, idempotency_key) VALUES "
+                 "('m1', 'c1', 1, 'user', 'hi', 'm1', '', 100, 1, NULL), "
+                 "('m1/reply', 'c1', 2, 'assistant', 'hello', 'm1', '{\"cards\":[]}', 110, 0, "
+                 "NULL), "
+                 "('m2', 'c1', 3, 'user', 'more', 'm2', '', 120, 0, 'key-2'), "
+                 "('m3', 'c2', 1, 'user', 'gift?', 'm3', '', 200, 1, NULL), "
+                 "('m3/reply', 'c2', 2, 'error', 'failed', 'm3', '', 210, 0, NULL)"),
+            "");
+  sqlite3_close(db);
+
+  auto store = backend.Open();
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  auto version = (*store)->SchemaVersion();
+  ASSERT_TRUE(version.ok());
+  EXPECT_EQ(*version, kSchemaVersion);
+
+  auto c1 = (*store)->History("c1", 10);
+  ASSERT_TRUE(c1.ok()) << c1.status().ToString();
+  ASSERT_EQ(c1->size(), 3u);
+  EXPECT_EQ((*c1)[0].id, "m1");
+  EXPECT_TRUE((*c1)[0].published);
+  EXPECT_EQ((*c1)[1].id, "m1/reply");
+  EXPECT_EQ((*c1)[1].role, Role::kAssistant);
+  EXPECT_EQ((*c1)[1].cards_json, "{\"cards\":[]}");
+  EXPECT_EQ((*c1)[1].request_id, "m1");
+  EXPECT_EQ((*c1)[2].id, "m2");
+  EXPECT_FALSE((*c1)[2].published);
+  EXPECT_EQ((*c1)[2].created_micros, 120);
+  auto c2 = (*store)->History("c2", 10);
+  ASSERT_TRUE(c2.ok());
+  ASSERT_EQ(c2->size(), 2u);
+  EXPECT_EQ((*c2)[1].role, Role::kError);
+  auto conversation = (*store)->GetConversation("c2");
+  ASSERT_TRUE(conversation.ok() && conversation->has_value());
+  EXPECT_EQ((*conversation)->app, "gift");
+  EXPECT_EQ((*conversation)->created_micros, 20);
+
+  auto unpublished = (*store)->Unpublished(1'000, 10);
+  ASSERT_TRUE(unpublished.ok());
+  ASSERT_EQ(unpublished->size(), 1u);
+  EXPECT_EQ((*unpublished)[0].id, "m2");
+
+  // The idempotency key still answers with its message; replies stay one per request.
+  StoredMessage again;
+  again.id = "m9";
+  again.conversation_id = "c1";
+  again.text = "more";
+  auto replayed = (*store)->AddUserMessage(again, "key-2");
+  ASSERT_TRUE(replayed.ok()) << replayed.status().ToString();
+  EXPECT_FALSE(replayed->created);
+  EXPECT_EQ(replayed->message.id, "m2");
+  StoredMessage second_reply;
+  second_reply.conversation_id = "c1";
+  second_reply.role = Role::kAssistant;
+  second_reply.text = "again";
+  second_reply.request_id = "m1";
+  auto stored = (*store)->AddReply(second_reply);
+  ASSERT_TRUE(stored.ok());
+  EXPECT_FALSE(*stored);
+
+  // New messages continue each conversation's seq.
+  StoredMessage next;
+  next.id = "m4";
+  next.conversation_id = "c1";
+  next.text = "next";
+  auto added = (*store)->AddUserMessage(next, "");
+  ASSERT_TRUE(added.ok()) << added.status().ToString();
+  EXPECT_EQ(added->message.seq, 4);
+  ASSERT_TRUE((*store)->MarkPublished("m2").ok());
+  auto none_left = (*store)->Unpublished(1'000, 10);
+  ASSERT_TRUE(none_left.ok());
+  EXPECT_TRUE(none_left->empty());
 }
 
 // Two processes (two web instances on one machine) write one file at once: seqs stay

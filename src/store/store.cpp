@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cctype>
 
+#include "store/engine.h"
+
 namespace tidepool::store {
 
 std::string_view RoleName(Role role) {
@@ -15,6 +17,21 @@ std::string_view RoleName(Role role) {
       return "error";
   }
   return "unknown";
+}
+
+Result<PostedMessage> Store::PostUserMessage(const std::string& app, const StoredMessage& message,
+                                             const std::string& idempotency_key,
+                                             int history_limit) {
+  TP_RETURN_IF_ERROR(internal::CheckLimit(history_limit));
+  TP_ASSIGN_OR_RETURN(const std::optional<Conversation> conversation,
+                      GetConversation(message.conversation_id));
+  if (!conversation || conversation->app != app) {
+    return Status::NotFound("store: no conversation " + message.conversation_id + " in app " + app);
+  }
+  PostedMessage posted;
+  TP_ASSIGN_OR_RETURN(posted.added, AddUserMessage(message, idempotency_key));
+  TP_ASSIGN_OR_RETURN(posted.history, History(message.conversation_id, history_limit));
+  return posted;
 }
 
 Status Store::MarkPublished(const std::string& message_id) {

@@ -44,7 +44,7 @@ enum class Role { kUser, kAssistant, kError };
 std::string_view RoleName(Role role);  // "user", "assistant", "error"
 
 // The schema version this build writes (migrations.h lists the migrations).
-inline constexpr int kSchemaVersion = 1;
+inline constexpr int kSchemaVersion = 2;
 
 struct StoredMessage {
   std::string id;  // user: the message id; reply: "REQUEST_ID/reply"
@@ -63,6 +63,13 @@ struct AddResult {
   bool created = false;   // false: the idempotency key matched an earlier message
 };
 
+// What PostUserMessage returns: the message as AddUserMessage stores it, and the history that
+// ends with it.
+struct PostedMessage {
+  AddResult added;
+  std::vector<StoredMessage> history;  // the latest history_limit messages, in seq order
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -78,6 +85,13 @@ class Store {
   // request_id is the id (filled in when empty).
   virtual Result<AddResult> AddUserMessage(const StoredMessage& message,
                                            const std::string& idempotency_key) = 0;
+  // What a POST of a message does: AddUserMessage into a conversation of `app`, then History
+  // (history_limit > 0). NOT_FOUND when the conversation is unknown or belongs to another app.
+  // The default makes the three calls; an engine may do them in one transaction.
+  virtual Result<PostedMessage> PostUserMessage(const std::string& app,
+                                                const StoredMessage& message,
+                                                const std::string& idempotency_key,
+                                                int history_limit);
   // NOT_FOUND when no user message has that id; marking a message twice is fine.
   Status MarkPublished(const std::string& message_id);
   // Marks many in one write: the web tier gathers the marks of concurrent POSTs. Ids that name

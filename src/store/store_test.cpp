@@ -523,25 +523,24 @@ TEST_P(StoreTest, TheSchemaItselfRefusesDuplicates) {
   // Rows written around the store, as a buggy writer would: the unique indexes refuse them.
   const std::string insert =
       "INSERT INTO messages (id, conversation_id, seq, role, text, request_id, cards_json, "
-      "created_micros, published, idempotency_key) VALUES ";
+      "created_micros, idempotency_key) VALUES ";
   EXPECT_FALSE(backend_
                    ->Query(insert + "('x1', 'c1', 100, 'assistant', 'second', 'm1', '', 1, "
-                                    "FALSE, NULL)")
+                                    "NULL)")
                    .ok())
       << "a second reply to m1";
   EXPECT_FALSE(
-      backend_->Query(insert + "('x2', 'c1', 101, 'user', 'dup', 'x2', '', 1, FALSE, 'key-1')")
-          .ok())
+      backend_->Query(insert + "('x2', 'c1', 101, 'user', 'dup', 'x2', '', 1, 'key-1')").ok())
       << "a second message with key-1";
-  EXPECT_FALSE(
-      backend_->Query(insert + "('x3', 'c1', 1, 'user', 'dup', 'x3', '', 1, FALSE, NULL)").ok())
+  EXPECT_FALSE(backend_->Query(insert + "('x3', 'c1', 1, 'user', 'dup', 'x3', '', 1, NULL)").ok())
       << "a second seq 1";
   EXPECT_FALSE(
-      backend_->Query(insert + "('x4', 'c9', 102, 'user', 'orphan', 'x4', '', 1, FALSE, NULL)")
-          .ok())
+      backend_->Query(insert + "('x4', 'c9', 102, 'user', 'orphan', 'x4', '', 1, NULL)").ok())
       << "a message of no conversation";
-  EXPECT_TRUE(IsOk(
-      backend_->Query(insert + "('x5', 'c1', 103, 'user', 'fine', 'x5', '', 1, FALSE, NULL)")));
+  EXPECT_FALSE(backend_->Query(insert + "('m1', 'c1', 104, 'user', 'dup', 'm1', '', 1, NULL)").ok())
+      << "a second message m1";
+  EXPECT_TRUE(
+      IsOk(backend_->Query(insert + "('x5', 'c1', 103, 'user', 'fine', 'x5', '', 1, NULL)")));
 }
 
 TEST_P(StoreTest, TextAtTheLimitAndUnicodeRoundTrip) {
@@ -585,6 +584,44 @@ TEST_P(StoreTest, UnpublishedListsUserMessagesOldestFirst) {
   auto limited = store_->Unpublished(10'000, 1);
   ASSERT_TRUE(IsOk(limited));
   EXPECT_EQ(Ids(*limited), std::vector<std::string>{"early"});
+}
+
+// A POST's store work in one call: the conversation must be the app's; the history returned
+// ends with the message and keeps the latest history_limit.
+TEST_P(StoreTest, PostUserMessageChecksTheAppAndReturnsTheHistory) {
+  ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
+  ASSERT_TRUE(IsOk(store_->AddUserMessage(UserMessage("c1", "m1", "one"), "")));
+  ASSERT_TRUE(IsOk(store_->AddReply(Reply("c1", "m1", "reply one"))));
+
+  auto posted = store_->PostUserMessage("scent-advisor", UserMessage("c1", "m2", "two"), "k2", 2);
+  ASSERT_TRUE(IsOk(posted));
+  EXPECT_TRUE(posted->added.created);
+  EXPECT_EQ(posted->added.message.seq, 3);
+  EXPECT_EQ(Ids(posted->history), (std::vector<std::string>{"m1/reply", "m2"}));
+  EXPECT_FALSE(posted->history.back().published);
+
+  // The same key again: the first message, stored once.
+  auto again = store_->PostUserMessage("scent-advisor", UserMessage("c1", "m3", "two"), "k2", 10);
+  ASSERT_TRUE(IsOk(again));
+  EXPECT_FALSE(again->added.created);
+  EXPECT_EQ(again->added.message.id, "m2");
+  EXPECT_EQ(Ids(again->history), (std::vector<std::string>{"m1", "m1/reply", "m2"}));
+
+  // Another app's conversation, or none: NOT_FOUND, and nothing is stored.
+  auto other_app = store_->PostUserMessage("gift-concierge", UserMessage("c1", "m4", "x"), "", 5);
+  EXPECT_EQ(CodeOf(other_app), StatusCode::kNotFound);
+  EXPECT_NE(other_app.status().message().find("gift-concierge"), std::string::npos)
+      << other_app.status().ToString();
+  auto unknown = store_->PostUserMessage("scent-advisor", UserMessage("c9", "m5", "x"), "", 5);
+  EXPECT_EQ(CodeOf(unknown), StatusCode::kNotFound);
+  auto history = store_->History("c1", 10);
+  ASSERT_TRUE(IsOk(history));
+  EXPECT_EQ(Ids(*history), (std::vector<std::string>{"m1", "m1/reply", "m2"}));
+
+  EXPECT_EQ(CodeOf(store_->PostUserMessage("scent-advisor", UserMessage("c1", "m6", "x"), "", 0)),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(CodeOf(store_->PostUserMessage("scent-advisor", UserMessage("c1", "", "x"), "", 5)),
+            StatusCode::kInvalidArgument);
 }
 
 TEST_P(StoreTest, MarkPublishedTakesAMessageOffUnpublished) {
