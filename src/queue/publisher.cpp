@@ -2,7 +2,9 @@
 //
 // A batch is sealed when it reaches max_messages or max_bytes, or max_delay after its first
 // message (a timer thread watches that); sealed batches go out in order, at most max_in_flight
-// at once. Ordering keys are not given one batch in flight per key: messages of one key may
+// at once. With a max_delay of 0 a batch is sealed as soon as an in-flight slot is free: a
+// message goes out at once while the queue keeps up, and gathers with the next ones while all
+// slots are busy. Ordering keys are not given one batch in flight per key: messages of one key may
 // be reordered when batches complete out of order.
 #include <algorithm>
 #include <condition_variable>
@@ -51,15 +53,17 @@ struct Publisher::Impl {
     {
       std::lock_guard lock(mu);
       if (!current.messages.empty() && current.bytes + size > options.max_bytes) SealLocked();
-      if (current.messages.empty()) {
+      if (current.messages.empty() && !Eager()) {
         deadline = std::chrono::steady_clock::now() + options.max_delay;
         cv.notify_all();
       }
       current.messages.push_back(std::move(message));
       current.callbacks.push_back(std::move(done));
       current.bytes += size;
-      if (current.messages.size() >= options.max_messages || current.bytes >= options.max_bytes)
+      if (current.messages.size() >= options.max_messages || current.bytes >= options.max_bytes ||
+          (Eager() && SlotFreeLocked())) {
         SealLocked();
+      }
       to_send = TakeSendableLocked();
     }
     Send(std::move(to_send));
@@ -76,6 +80,12 @@ struct Publisher::Impl {
     std::unique_lock lock(mu);
     cv.wait(lock, [this] { return sealed.empty() && in_flight == 0 && current.messages.empty(); });
   }
+
+  // max_delay 0: batches are sealed when a slot frees, not by the timer.
+  bool Eager() const { return options.max_delay.count() <= 0; }
+
+  // REQUIRES: mu held. Whether a batch sealed now would go out at once.
+  bool SlotFreeLocked() const { return sealed.empty() && in_flight < options.max_in_flight; }
 
   // REQUIRES: mu held.
   void SealLocked() {
@@ -123,6 +133,7 @@ struct Publisher::Impl {
     {
       std::lock_guard lock(mu);
       --in_flight;
+      if (Eager() && SlotFreeLocked()) SealLocked();
       to_send = TakeSendableLocked();
     }
     // Flush waits for in_flight to drop; wake it whether or not more goes out.
@@ -134,7 +145,7 @@ struct Publisher::Impl {
   void RunTimer() {
     std::unique_lock lock(mu);
     while (!stopping) {
-      if (current.messages.empty()) {
+      if (current.messages.empty() || Eager()) {
         cv.wait(lock);
         continue;
       }

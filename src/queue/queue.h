@@ -216,6 +216,8 @@ std::string SubscriptionPath(const std::string& project, const std::string& subs
 struct BatchingOptions {
   size_t max_messages = 100;
   size_t max_bytes = 1 << 20;
+  // 0: no wait; a message goes out as soon as a batch may be in flight, and gathers with the
+  // next ones while max_in_flight batches are.
   std::chrono::microseconds max_delay{1'000};
   // Batches in flight at once per topic (more messages wait in the next batch).
   int max_in_flight = 8;

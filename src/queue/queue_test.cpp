@@ -14,6 +14,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "admin/admin_server.h"
 #include "broker/broker.h"
@@ -593,7 +594,35 @@ class CountingQueue final : public Queue {
   void Publish(const std::string& topic, std::vector<Message> messages,
                PublishCallback done) override {
     publish_calls.fetch_add(1);
+    {
+      std::lock_guard lock(mu_);
+      batch_sizes_.push_back(messages.size());
+      if (hold_) {
+        held_.push_back({topic, std::move(messages), std::move(done)});
+        return;
+      }
+    }
     inner_.Publish(topic, std::move(messages), std::move(done));
+  }
+  // The sizes of the Publish calls so far.
+  std::vector<size_t> BatchSizes() {
+    std::lock_guard lock(mu_);
+    return batch_sizes_;
+  }
+  // While held, Publish calls wait here (in flight) until Release.
+  void Hold() {
+    std::lock_guard lock(mu_);
+    hold_ = true;
+  }
+  // Sends what is held on; with `keep_holding`, later calls are held again.
+  void Release(bool keep_holding) {
+    std::vector<Held> held;
+    {
+      std::lock_guard lock(mu_);
+      held.swap(held_);
+      hold_ = keep_holding;
+    }
+    for (auto& h : held) inner_.Publish(h.topic, std::move(h.messages), std::move(h.done));
   }
   Result<std::unique_ptr<MessageStream>> Subscribe(const std::string& s, StreamOptions o,
                                                    DeliveryHandler h,
@@ -621,7 +650,16 @@ class CountingQueue final : public Queue {
   std::string backend() const override { return inner_.backend(); }
 
  private:
+  struct Held {
+    std::string topic;
+    std::vector<Message> messages;
+    PublishCallback done;
+  };
   Queue& inner_;
+  std::mutex mu_;
+  bool hold_ = false;
+  std::vector<Held> held_;
+  std::vector<size_t> batch_sizes_;
 };
 
 TEST_P(QueueTest, PublisherBatchesManyPublishesIntoFewCalls) {
@@ -659,6 +697,37 @@ TEST_P(QueueTest, PublisherSendsAPartialBatchAfterMaxDelay) {
   auto future = p.get_future();
   ASSERT_EQ(future.wait_for(kPatience), std::future_status::ready) << "never sent without Flush";
   EXPECT_TRUE(future.get().ok());
+}
+
+// max_delay 0: a message goes out at once, with no timer to wait for; while every in-flight
+// slot is busy the next messages gather into one batch, sent when a slot frees.
+TEST_P(QueueTest, PublisherWithoutDelaySendsAtOnceAndGathersWhileBusy) {
+  Setup();
+  CountingQueue counting(*queue_);
+  counting.Hold();
+  std::atomic<int> done{0};
+  std::atomic<int> failed{0};
+  auto count = [&](Result<std::string> r) {
+    if (!r.ok()) failed.fetch_add(1);
+    done.fetch_add(1);
+  };
+  {
+    Publisher publisher(counting, kTopic, BatchingOptions{.max_delay = {}, .max_in_flight = 1});
+    publisher.Publish(Msg("first"), count);
+    EXPECT_EQ(counting.BatchSizes(), std::vector<size_t>{1}) << "not sent at once";
+    for (int i = 0; i < 10; ++i) publisher.Publish(Msg("next" + std::to_string(i)), count);
+    EXPECT_EQ(counting.BatchSizes(), std::vector<size_t>{1}) << "sent past max_in_flight";
+    counting.Release(/*keep_holding=*/true);  // "first" completes: the ten go out together
+    const auto deadline = std::chrono::steady_clock::now() + kPatience;
+    while (counting.BatchSizes().size() < 2 && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_EQ(counting.BatchSizes(), (std::vector<size_t>{1, 10}));
+    counting.Release(/*keep_holding=*/false);
+  }  // the destructor flushes and waits for every callback
+  EXPECT_EQ(done.load(), 11);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(UndeliveredOnceAt(kSub, 11), 11u);
 }
 
 TEST_P(QueueTest, CloseWaitsForSettlesAndStopsDeliveries) {
