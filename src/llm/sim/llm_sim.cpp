@@ -763,12 +763,14 @@ Result<std::unique_ptr<LlmSim>> LlmSim::Start(SimOptions options) {
   impl->port = impl->acceptor->local_endpoint().port();
   asio::co_spawn(*impl->shards.front(), impl->Accept(), asio::detached);
   for (const auto& shard : impl->shards) {
-    impl->threads.emplace_back([io = shard.get(), nice = options.nice, cpus = options.cpus] {
-      // Best effort: a thread that cannot lower its priority or be pinned still serves.
-      if (nice > 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
-      if (!cpus.empty()) (void)PinCurrentThread(cpus);
-      io->run();
-    });
+    // From impl->options: `options` was moved from above.
+    impl->threads.emplace_back(
+        [io = shard.get(), nice = impl->options.nice, cpus = impl->options.cpus] {
+          // Best effort: a thread that cannot lower its priority or be pinned still serves.
+          if (nice > 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
+          if (!cpus.empty()) (void)PinCurrentThread(cpus);
+          io->run();
+        });
   }
   return std::unique_ptr<LlmSim>(new LlmSim(std::move(impl)));
 }

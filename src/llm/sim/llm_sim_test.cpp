@@ -1,6 +1,7 @@
 #include "llm/sim/llm_sim.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -8,9 +9,17 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+
+#include <cerrno>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <string>
 #include <thread>
+#include <vector>
+
+#include "common/cpu_list.h"
 
 namespace tidepool::llm::sim {
 namespace {
@@ -152,6 +161,39 @@ std::unique_ptr<LlmSim> StartSim(SimOptions options = {}) {
   auto sim = LlmSim::Start(std::move(options));
   EXPECT_TRUE(sim.ok()) << sim.status().ToString();
   return std::move(*sim);
+}
+
+// `up` keeps the sim off the web tier's CPU: its threads run on options.cpus at options.nice.
+TEST(LlmSimTest, ThreadsRunOnTheGivenCpusAtTheGivenNiceness) {
+  const std::vector<int> allowed = AllowedCpus();
+  ASSERT_FALSE(allowed.empty());
+  const int cpu = allowed.back();
+  SimOptions options;
+  options.cpus = {cpu};
+  options.nice = 7;
+  auto sim = StartSim(std::move(options));
+  Client client(sim->port());
+  ASSERT_EQ(client.Call(http::verb::get, "/healthz").status, 200);
+  // The sim's threads are this process's threads pinned to `cpu` alone (the test's own are not).
+  int pinned = 0;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream status(task.path() / "status");
+    std::string line;
+    while (std::getline(status, line)) {
+      if (line.rfind("Cpus_allowed_list:", 0) != 0) continue;
+      const std::string list = line.substr(line.find_first_not_of(" \t", 18));
+      if (list != std::to_string(cpu) || allowed.size() == 1) break;
+      ++pinned;
+      errno = 0;
+      const int nice = ::getpriority(PRIO_PROCESS,
+                                     static_cast<id_t>(std::stoi(task.path().filename().string())));
+      EXPECT_EQ(errno, 0);
+      EXPECT_EQ(nice, 7);
+    }
+  }
+  if (allowed.size() > 1) {
+    EXPECT_EQ(pinned, 2) << "both sim threads pinned to CPU " << cpu;
+  }
 }
 
 TEST(LlmSimTest, ModelsHealthUnknownPathAndWrongMethod) {
