@@ -39,6 +39,10 @@ constexpr std::chrono::milliseconds kBusyRetryPause{10};
 constexpr size_t kMaxGroup = 256;
 // Connections that read, so that concurrent reads (history, conversations) do not queue for one.
 constexpr int kReaders = 4;
+// The WAL size (pages) at which the background checkpointer copies it into the database.
+constexpr int kCheckpointPages = 1'000;
+// The WAL size (pages) at which the writer checkpoints itself (see AfterCommit).
+constexpr int kWriterCheckpointPages = 4'000;
 
 // The columns ReadMessage reads, in its order.
 #define TP_MESSAGE_COLUMNS                                                         \
@@ -313,6 +317,15 @@ struct DbCloser {
 
 class SqliteStore final : public Store {
  public:
+  ~SqliteStore() override {
+    {
+      std::lock_guard lock(checkpoint_mu_);
+      closing_ = true;
+    }
+    checkpoint_cv_.notify_all();
+    if (checkpointer_.joinable()) checkpointer_.join();
+  }
+
   static Result<std::unique_ptr<Store>> Open(const std::string& path) {
     const auto parent = std::filesystem::path(path).parent_path();
     std::error_code ec;
@@ -354,6 +367,25 @@ class SqliteStore final : public Store {
       TP_RETURN_IF_ERROR(reader->statements.Prepare(read_db));
       store->readers_.push_back(std::move(reader));
     }
+    // Checkpoints on a connection of their own, in the background (see Checkpoints).
+    sqlite3* checkpoint_db = nullptr;
+    const int checkpoint_rc = sqlite3_open_v2(path.c_str(), &checkpoint_db,
+                                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
+    store->checkpoint_db_.reset(checkpoint_db);
+    if (checkpoint_rc != SQLITE_OK) {
+      return Status::Unavailable(
+          "sqlite: cannot open " + path + " for checkpoints: " +
+          (checkpoint_db != nullptr ? sqlite3_errmsg(checkpoint_db) : "out of memory"));
+    }
+    sqlite3_busy_timeout(checkpoint_db, static_cast<int>(kBusyTimeout.count()));
+    // A connection learns that the file is in WAL mode when it first reads it; until then a
+    // checkpoint on it does nothing.
+    const int read_rc = sqlite3_exec(checkpoint_db, "SELECT COUNT(*) FROM schema_migrations",
+                                     nullptr, nullptr, nullptr);
+    if (read_rc != SQLITE_OK) return SqliteError(checkpoint_db, read_rc, "open for checkpoints");
+    SqliteStore* raw = store.get();
+    sqlite3_wal_hook(db, &SqliteStore::AfterCommit, raw);
+    store->checkpointer_ = std::thread([raw] { raw->Checkpoints(); });
     return std::unique_ptr<Store>(std::move(store));
   }
 
@@ -607,8 +639,8 @@ class SqliteStore final : public Store {
   }
 
   // The writer keeps its page cache (other connections' commits would empty it): up to 64 MiB,
-  // so that a POST's write rarely reads a page from the file. A checkpoint every 4,000 pages
-  // (16 MiB of WAL) rather than SQLite's 1,000 copies a page written by many commits once.
+  // so that a POST's write rarely reads a page from the file. It never checkpoints: Checkpoints
+  // does, in the background.
   //
   // synchronous=FULL, not the NORMAL that WAL usually runs with: under NORMAL a commit is
   // not fsync'd and the last ones can be lost in a power cut, but the web tier answers 202
@@ -622,13 +654,52 @@ class SqliteStore final : public Store {
       const int rc = sqlite3_exec(
           db(),
           "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; "
-          "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 4000;",
+          "PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 0;",
           nullptr, nullptr, nullptr);
       if (rc == SQLITE_OK) return Status::Ok();
       if ((rc & 0xff) != SQLITE_BUSY || std::chrono::steady_clock::now() >= deadline) {
         return SqliteError(db(), rc, what);
       }
       std::this_thread::sleep_for(kBusyRetryPause);
+    }
+  }
+
+  // SQLite checkpoints a WAL database from inside the commit that crosses 1,000 pages of WAL:
+  // that commit, and every write queued behind it, waits while the WAL is copied into the
+  // database file and that is fsync'd (the p99 of a POST under load: the store's share of it
+  // reached 25-60 ms). Here the writer never checkpoints. Its commit hook wakes this thread
+  // once the WAL holds kCheckpointPages, and the checkpoint runs PASSIVE on a connection of
+  // its own while the writer goes on appending.
+  //
+  // A WAL starts over from its beginning only when a write begins after a checkpoint copied all
+  // of it; under a steady stream of writes the background checkpoint always finishes behind the
+  // next write, and the WAL would grow without end (reads slow down with it). So at
+  // kWriterCheckpointPages the writer checkpoints itself, after its commit, as SQLite would: by
+  // then the background has copied nearly all of it.
+  static int AfterCommit(void* store, sqlite3* db, const char*, int wal_pages) {
+    auto* self = static_cast<SqliteStore*>(store);
+    if (wal_pages >= kWriterCheckpointPages) {
+      (void)sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+    } else if (wal_pages >= kCheckpointPages) {
+      {
+        std::lock_guard lock(self->checkpoint_mu_);
+        self->checkpoint_wanted_ = true;
+      }
+      self->checkpoint_cv_.notify_one();
+    }
+    return SQLITE_OK;
+  }
+
+  void Checkpoints() {
+    std::unique_lock lock(checkpoint_mu_);
+    for (;;) {
+      checkpoint_cv_.wait(lock, [this] { return closing_ || checkpoint_wanted_; });
+      if (closing_) return;
+      checkpoint_wanted_ = false;
+      lock.unlock();
+      (void)sqlite3_wal_checkpoint_v2(checkpoint_db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
+                                      nullptr, nullptr);
+      lock.lock();
     }
   }
 
@@ -698,6 +769,12 @@ class SqliteStore final : public Store {
   Statements statements_;  // finalized before db_ is closed (declared after it)
   std::vector<std::unique_ptr<Reader>> readers_;
   std::atomic<size_t> next_reader_{0};
+  std::unique_ptr<sqlite3, DbCloser> checkpoint_db_;  // used by checkpointer_ only
+  std::mutex checkpoint_mu_;
+  std::condition_variable checkpoint_cv_;
+  bool checkpoint_wanted_ = false;
+  bool closing_ = false;
+  std::thread checkpointer_;  // joined before the connections close (declared after them)
 };
 
 }  // namespace

@@ -5,8 +5,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <filesystem>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "store/migrations.h"
@@ -219,6 +221,41 @@ TEST(SqliteStoreTest, AVersionOneFileIsMigratedWithItsRows) {
   auto none_left = (*store)->Unpublished(1'000, 10);
   ASSERT_TRUE(none_left.ok());
   EXPECT_TRUE(none_left->empty());
+}
+
+// The writer does not checkpoint at 1,000 pages of WAL (the commit would wait for it): a
+// background thread copies the WAL into the database file while the store stays open. And the
+// WAL stays bounded under a steady stream of writes: at 4,000 pages the writer checkpoints
+// what little is left, so that the WAL starts over.
+TEST(SqliteStoreTest, TheWalIsCheckpointedInTheBackgroundAndStaysBounded) {
+  SqliteBackend backend;
+  auto store = backend.Open();
+  ASSERT_TRUE(store.ok()) << store.status().ToString();
+  const std::string wal = backend.path() + "-wal";
+  const uintmax_t empty = std::filesystem::file_size(backend.path());
+  ASSERT_TRUE((*store)->CreateConversation(Conversation{"c1", "scent", 0}).ok());
+  const std::string text(3'000, 'x');  // 8,000 messages: about 6,000 pages of 4 KiB
+  for (int i = 0; i < 8'000; ++i) {
+    StoredMessage message;
+    message.id = "m" + std::to_string(i);
+    message.conversation_id = "c1";
+    message.text = text;
+    ASSERT_TRUE((*store)->AddUserMessage(message, "").ok());
+    if (i == 2'000) {
+      // About 1,500 pages written: the background thread copies them soon.
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (std::filesystem::file_size(backend.path()) < empty + 2'000'000 &&
+             std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      EXPECT_GE(std::filesystem::file_size(backend.path()), empty + 2'000'000)
+          << "the WAL was not copied into the database in the background";
+    }
+  }
+  // A WAL file keeps the size it reached: 4,000 pages of 4 KiB + 24-byte frame headers, and
+  // the last commit's pages.
+  EXPECT_LE(std::filesystem::file_size(wal), 4'100u * (4'096 + 24) + 32)
+      << "the WAL grew past the writer's checkpoint";
 }
 
 // Two processes (two web instances on one machine) write one file at once: seqs stay
