@@ -335,49 +335,21 @@ class SqliteStore final : public Store {
                                  ec.message());
     }
     auto store = std::unique_ptr<SqliteStore>(new SqliteStore);
-    sqlite3* db = nullptr;
-    // NOMUTEX: the store's own mutex serializes every use of the connection.
-    const int rc =
-        sqlite3_open_v2(path.c_str(), &db,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
-    store->db_.reset(db);
-    if (rc != SQLITE_OK) {
-      return Status::Unavailable("sqlite: cannot open " + path + ": " +
-                                 (db != nullptr ? sqlite3_errmsg(db) : "out of memory"));
-    }
-    sqlite3_extended_result_codes(db, 1);
-    sqlite3_busy_timeout(db, static_cast<int>(kBusyTimeout.count()));
+    TP_RETURN_IF_ERROR(OpenConnection(path, SQLITE_OPEN_CREATE, "", &store->db_));
+    sqlite3* db = store->db();
     TP_RETURN_IF_ERROR(store->Configure("configure " + path));
     TP_RETURN_IF_ERROR(store->Migrate());
     TP_RETURN_IF_ERROR(store->statements_.Prepare(db));
     // The reading connections, opened once the schema exists.
     for (int i = 0; i < kReaders; ++i) {
       auto reader = std::make_unique<Reader>();
-      sqlite3* read_db = nullptr;
-      const int read_rc = sqlite3_open_v2(path.c_str(), &read_db,
-                                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
-      reader->db.reset(read_db);
-      if (read_rc != SQLITE_OK) {
-        return Status::Unavailable(
-            "sqlite: cannot open " + path +
-            " for reading: " + (read_db != nullptr ? sqlite3_errmsg(read_db) : "out of memory"));
-      }
-      sqlite3_extended_result_codes(read_db, 1);
-      sqlite3_busy_timeout(read_db, static_cast<int>(kBusyTimeout.count()));
-      TP_RETURN_IF_ERROR(reader->statements.Prepare(read_db));
+      TP_RETURN_IF_ERROR(OpenConnection(path, 0, " for reading", &reader->db));
+      TP_RETURN_IF_ERROR(reader->statements.Prepare(reader->db.get()));
       store->readers_.push_back(std::move(reader));
     }
     // Checkpoints on a connection of their own, in the background (see Checkpoints).
-    sqlite3* checkpoint_db = nullptr;
-    const int checkpoint_rc = sqlite3_open_v2(path.c_str(), &checkpoint_db,
-                                              SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
-    store->checkpoint_db_.reset(checkpoint_db);
-    if (checkpoint_rc != SQLITE_OK) {
-      return Status::Unavailable(
-          "sqlite: cannot open " + path + " for checkpoints: " +
-          (checkpoint_db != nullptr ? sqlite3_errmsg(checkpoint_db) : "out of memory"));
-    }
-    sqlite3_busy_timeout(checkpoint_db, static_cast<int>(kBusyTimeout.count()));
+    TP_RETURN_IF_ERROR(OpenConnection(path, 0, " for checkpoints", &store->checkpoint_db_));
+    sqlite3* checkpoint_db = store->checkpoint_db_.get();
     // A connection learns that the file is in WAL mode when it first reads it; until then a
     // checkpoint on it does nothing.
     const int read_rc = sqlite3_exec(checkpoint_db, "SELECT COUNT(*) FROM schema_migrations",
@@ -443,10 +415,8 @@ class SqliteStore final : public Store {
       const std::string conversation_id = prepared.conversation_id;
       TP_ASSIGN_OR_RETURN(posted.added,
                           internal::AddUserMessageSteps(tx, std::move(prepared), idempotency_key));
-      Run run(db(), statements_.history, "read history");
-      run.Text(conversation_id).Int(history_limit);
-      TP_ASSIGN_OR_RETURN(posted.history, ReadMessages(run));
-      std::reverse(posted.history.begin(), posted.history.end());
+      TP_ASSIGN_OR_RETURN(posted.history,
+                          LatestMessages(db(), statements_, conversation_id, history_limit));
       return posted;
     });
   }
@@ -490,18 +460,13 @@ class SqliteStore final : public Store {
     TP_RETURN_IF_ERROR(internal::CheckId("conversation id", conversation_id));
     TP_RETURN_IF_ERROR(internal::CheckLimit(limit));
     Reading reading = Read();
-    std::vector<StoredMessage> messages;
-    {
-      Run run(reading.db(), reading.statements().history, "read history");
-      run.Text(conversation_id).Int(limit);
-      TP_ASSIGN_OR_RETURN(messages, ReadMessages(run));
-    }
+    TP_ASSIGN_OR_RETURN(std::vector<StoredMessage> messages,
+                        LatestMessages(reading.db(), reading.statements(), conversation_id, limit));
     if (messages.empty()) {
       Run run(reading.db(), reading.statements().conversation_next_seq, "read conversation");
       TP_ASSIGN_OR_RETURN(const bool found, run.Text(conversation_id).Step());
       if (!found) return Status::NotFound("store: no conversation " + conversation_id);
     }
-    std::reverse(messages.begin(), messages.end());
     return messages;
   }
 
@@ -521,6 +486,35 @@ class SqliteStore final : public Store {
   SqliteStore() = default;
 
   sqlite3* db() const { return db_.get(); }
+
+  // Opens `path` into `*out` with extended result codes and the busy timeout. NOMUTEX: the
+  // store's own mutexes serialize every use of a connection. `purpose` goes into the error.
+  static Status OpenConnection(const std::string& path, int extra_flags, std::string_view purpose,
+                               std::unique_ptr<sqlite3, DbCloser>* out) {
+    sqlite3* db = nullptr;
+    const int rc = sqlite3_open_v2(
+        path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | extra_flags, nullptr);
+    out->reset(db);
+    if (rc != SQLITE_OK) {
+      return Status::Unavailable("sqlite: cannot open " + path + std::string(purpose) + ": " +
+                                 (db != nullptr ? sqlite3_errmsg(db) : "out of memory"));
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, static_cast<int>(kBusyTimeout.count()));
+    return Status::Ok();
+  }
+
+  // The conversation's latest `limit` messages, in seq order.
+  static Result<std::vector<StoredMessage>> LatestMessages(sqlite3* db,
+                                                           const Statements& statements,
+                                                           const std::string& conversation_id,
+                                                           int limit) {
+    Run run(db, statements.history, "read history");
+    run.Text(conversation_id).Int(limit);
+    TP_ASSIGN_OR_RETURN(std::vector<StoredMessage> messages, ReadMessages(run));
+    std::reverse(messages.begin(), messages.end());
+    return messages;
+  }
 
   // A reading connection with its statements; each is used by one thread at a time.
   struct Reader {

@@ -192,29 +192,16 @@ TEST(SqliteStoreTest, AVersionOneFileIsMigratedWithItsRows) {
   EXPECT_EQ((*unpublished)[0].id, "m2");
 
   // The idempotency key still answers with its message; replies stay one per request.
-  StoredMessage again;
-  again.id = "m9";
-  again.conversation_id = "c1";
-  again.text = "more";
-  auto replayed = (*store)->AddUserMessage(again, "key-2");
+  auto replayed = (*store)->AddUserMessage(UserMessage("c1", "m9", "more"), "key-2");
   ASSERT_TRUE(replayed.ok()) << replayed.status().ToString();
   EXPECT_FALSE(replayed->created);
   EXPECT_EQ(replayed->message.id, "m2");
-  StoredMessage second_reply;
-  second_reply.conversation_id = "c1";
-  second_reply.role = Role::kAssistant;
-  second_reply.text = "again";
-  second_reply.request_id = "m1";
-  auto stored = (*store)->AddReply(second_reply);
+  auto stored = (*store)->AddReply(Reply("c1", "m1", "again"));
   ASSERT_TRUE(stored.ok());
   EXPECT_FALSE(*stored);
 
   // New messages continue each conversation's seq.
-  StoredMessage next;
-  next.id = "m4";
-  next.conversation_id = "c1";
-  next.text = "next";
-  auto added = (*store)->AddUserMessage(next, "");
+  auto added = (*store)->AddUserMessage(UserMessage("c1", "m4", "next"), "");
   ASSERT_TRUE(added.ok()) << added.status().ToString();
   EXPECT_EQ(added->message.seq, 4);
   ASSERT_TRUE((*store)->MarkPublished("m2").ok());
@@ -236,11 +223,8 @@ TEST(SqliteStoreTest, TheWalIsCheckpointedInTheBackgroundAndStaysBounded) {
   ASSERT_TRUE((*store)->CreateConversation(Conversation{"c1", "scent", 0}).ok());
   const std::string text(3'000, 'x');  // 8,000 messages: about 6,000 pages of 4 KiB
   for (int i = 0; i < 8'000; ++i) {
-    StoredMessage message;
-    message.id = "m" + std::to_string(i);
-    message.conversation_id = "c1";
-    message.text = text;
-    ASSERT_TRUE((*store)->AddUserMessage(message, "").ok());
+    ASSERT_TRUE(
+        (*store)->AddUserMessage(UserMessage("c1", "m" + std::to_string(i), text), "").ok());
     if (i == 2'000) {
       // About 1,500 pages written: the background thread copies them soon.
       const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);

@@ -36,27 +36,6 @@ Conversation MakeConversation(const std::string& id, int64_t created_micros = 0)
   return Conversation{id, "scent-advisor", created_micros};
 }
 
-StoredMessage UserMessage(const std::string& conversation_id, const std::string& id,
-                          const std::string& text, int64_t created_micros = 0) {
-  StoredMessage message;
-  message.id = id;
-  message.conversation_id = conversation_id;
-  message.role = Role::kUser;
-  message.text = text;
-  message.created_micros = created_micros;
-  return message;
-}
-
-StoredMessage Reply(const std::string& conversation_id, const std::string& request_id,
-                    const std::string& text, Role role = Role::kAssistant) {
-  StoredMessage reply;
-  reply.conversation_id = conversation_id;
-  reply.request_id = request_id;
-  reply.role = role;
-  reply.text = text;
-  return reply;
-}
-
 std::vector<std::string> Ids(const std::vector<StoredMessage>& messages) {
   std::vector<std::string> ids;
   for (const auto& message : messages) ids.push_back(message.id);

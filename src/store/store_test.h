@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <ostream>
@@ -25,6 +26,27 @@ class StoreBackend {
   // column as text ("" for NULL).
   virtual Result<std::vector<std::vector<std::string>>> Query(const std::string& sql) = 0;
 };
+
+inline StoredMessage UserMessage(const std::string& conversation_id, const std::string& id,
+                                 const std::string& text, int64_t created_micros = 0) {
+  StoredMessage message;
+  message.id = id;
+  message.conversation_id = conversation_id;
+  message.role = Role::kUser;
+  message.text = text;
+  message.created_micros = created_micros;
+  return message;
+}
+
+inline StoredMessage Reply(const std::string& conversation_id, const std::string& request_id,
+                           const std::string& text, Role role = Role::kAssistant) {
+  StoredMessage reply;
+  reply.conversation_id = conversation_id;
+  reply.request_id = request_id;
+  reply.role = role;
+  reply.text = text;
+  return reply;
+}
 
 struct BackendParam {
   std::string name;  // the engine, as in Store::engine()

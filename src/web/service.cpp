@@ -432,8 +432,8 @@ struct WebService::Impl {
       co_return JsonError(404, "no conversation " + conversation + " in app " + app->name);
     }
     if (!posted.ok()) co_return JsonError(posted.status());
-    const store::AddResult* added = &posted->added;
-    const store::StoredMessage& message = added->message;
+    const store::AddResult& added = posted->added;
+    const store::StoredMessage& message = added.message;
     auto accepted = [&](bool replayed) {
       HttpResponse response =
           Json(202, json::serialize(json::object{{"message_id", message.id},
@@ -442,7 +442,7 @@ struct WebService::Impl {
       if (replayed) response.headers.emplace_back("Idempotent-Replayed", "true");
       return response;
     };
-    if (!added->created && (message.published || MarkPending(message.id))) {
+    if (!added.created && (message.published || MarkPending(message.id))) {
       Count(&WebStats::messages_replayed);
       co_return accepted(true);
     }
@@ -458,8 +458,8 @@ struct WebService::Impl {
       co_return unavailable;
     }
     QueueMark(message.id);
-    Count(added->created ? &WebStats::messages_accepted : &WebStats::messages_replayed);
-    co_return accepted(!added->created);
+    Count(added.created ? &WebStats::messages_accepted : &WebStats::messages_replayed);
+    co_return accepted(!added.created);
   }
 
   // ---- events

@@ -166,7 +166,7 @@ std::unique_ptr<LlmSim> StartSim(SimOptions options = {}) {
 // `up` keeps the sim off the web tier's CPU: its threads run on options.cpus at options.nice.
 TEST(LlmSimTest, ThreadsRunOnTheGivenCpusAtTheGivenNiceness) {
   const std::vector<int> allowed = AllowedCpus();
-  ASSERT_FALSE(allowed.empty());
+  if (allowed.size() < 2) GTEST_SKIP() << "one CPU: pinned and unpinned threads look alike";
   const int cpu = allowed.back();
   SimOptions options;
   options.cpus = {cpu};
@@ -182,7 +182,7 @@ TEST(LlmSimTest, ThreadsRunOnTheGivenCpusAtTheGivenNiceness) {
     while (std::getline(status, line)) {
       if (line.rfind("Cpus_allowed_list:", 0) != 0) continue;
       const std::string list = line.substr(line.find_first_not_of(" \t", 18));
-      if (list != std::to_string(cpu) || allowed.size() == 1) break;
+      if (list != std::to_string(cpu)) break;
       ++pinned;
       errno = 0;
       const int nice = ::getpriority(PRIO_PROCESS,
@@ -191,9 +191,7 @@ TEST(LlmSimTest, ThreadsRunOnTheGivenCpusAtTheGivenNiceness) {
       EXPECT_EQ(nice, 7);
     }
   }
-  if (allowed.size() > 1) {
-    EXPECT_EQ(pinned, 2) << "both sim threads pinned to CPU " << cpu;
-  }
+  EXPECT_EQ(pinned, 2) << "both sim threads pinned to CPU " << cpu;
 }
 
 TEST(LlmSimTest, ModelsHealthUnknownPathAndWrongMethod) {
