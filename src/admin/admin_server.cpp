@@ -13,6 +13,8 @@
 #include <string_view>
 #include <thread>
 
+#include "common/thread_name.h"
+
 namespace tidepool::admin {
 
 namespace asio = boost::asio;
@@ -236,7 +238,10 @@ Result<std::unique_ptr<AdminServer>> AdminServer::Start(AdminOptions options) {
   if (ec) return Status::Unavailable("cannot listen on " + listen + ": " + ec.message());
   impl->port = impl->acceptor.local_endpoint().port();
   asio::co_spawn(impl->io, impl->Accept(), asio::detached);
-  impl->thread = std::thread([io = &impl->io] { io->run(); });
+  impl->thread = std::thread([io = &impl->io] {
+    SetCurrentThreadName("admin");
+    io->run();
+  });
   return std::unique_ptr<AdminServer>(new AdminServer(std::move(impl)));
 }
 

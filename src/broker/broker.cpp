@@ -7,6 +7,7 @@
 #include <set>
 
 #include "broker/names.h"
+#include "common/thread_name.h"
 #include "storage/retention.h"
 
 namespace tidepool::broker {
@@ -279,7 +280,10 @@ Result<std::unique_ptr<Broker>> Broker::Open(BrokerOptions options) {
   std::unique_ptr<Broker> b(new Broker(std::move(options)));
   TP_RETURN_IF_ERROR(b->Load());
   if (b->options_.run_timekeeper)
-    b->timekeeper_ = std::thread([p = b.get()] { p->RunTimekeeper(); });
+    b->timekeeper_ = std::thread([p = b.get()] {
+      SetCurrentThreadName("broker-timer");
+      p->RunTimekeeper();
+    });
   return b;
 }
 

@@ -10,6 +10,7 @@
 
 #include <boost/json.hpp>
 
+#include "common/thread_name.h"
 #include "queue/queue.h"
 #include "storage/env.h"
 
@@ -130,7 +131,10 @@ PoolManager::~PoolManager() {
 void PoolManager::Start() {
   std::lock_guard lock(mu_);
   if (loop_.joinable() || stopping_) return;
-  loop_ = std::thread([this] { Loop(); });
+  loop_ = std::thread([this] {
+    SetCurrentThreadName("pool-manager");
+    Loop();
+  });
 }
 
 void PoolManager::Stop() {

@@ -25,6 +25,7 @@
 #include <tuple>
 
 #include "common/cpu_list.h"
+#include "common/thread_name.h"
 #include "pool/log_ring.h"
 #include "pool/probe.h"
 #include "pool/process.h"
@@ -740,7 +741,10 @@ Supervisor::~Supervisor() {
 void Supervisor::Start() {
   std::lock_guard lock(impl_->mu);
   if (impl_->thread.joinable() || impl_->stopping) return;
-  impl_->thread = std::thread([impl = impl_.get()] { impl->io.run(); });
+  impl_->thread = std::thread([impl = impl_.get()] {
+    SetCurrentThreadName("pool-supervise");
+    impl->io.run();
+  });
 }
 
 void Supervisor::Stop() {
@@ -758,7 +762,10 @@ void Supervisor::Stop() {
     }
     // Exits are only noticed by the event loop.
     if (!impl_->thread.joinable()) {
-      impl_->thread = std::thread([impl = impl_.get()] { impl->io.run(); });
+      impl_->thread = std::thread([impl = impl_.get()] {
+        SetCurrentThreadName("pool-supervise");
+        impl->io.run();
+      });
     }
     impl_->cv.wait(lock, [this] { return impl_->instances.empty(); });
   }

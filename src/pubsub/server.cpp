@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "common/thread_name.h"
 #include "google/pubsub/v1/pubsub.grpc.pb.h"
 #include "google/rpc/error_details.pb.h"
 #include "google/rpc/status.pb.h"
@@ -64,7 +65,9 @@ struct PubsubServer::Impl {
   std::unique_ptr<grpc::Server> server;
   int port = 0;
 
-  explicit Impl(int threads) : pool(static_cast<size_t>(threads)) {}
+  explicit Impl(int threads) : pool(static_cast<size_t>(threads)) {
+    NameThreads(pool, static_cast<size_t>(threads), "pubsub");
+  }
 
   // Open StreamingPull streams, to end them at shutdown.
   std::mutex streams_mu;

@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "broker/config.h"
+#include "common/thread_name.h"
 #include "queue/queue.h"
 
 namespace tidepool::queue {
@@ -34,7 +35,10 @@ struct Publisher::Impl {
         std::clamp<size_t>(options.max_messages, 1, broker::kMaxMessagesPerPublish);
     options.max_bytes = std::clamp<size_t>(options.max_bytes, 1, broker::kMaxPublishRequestBytes);
     options.max_in_flight = std::max(options.max_in_flight, 1);
-    timer = std::thread([this] { RunTimer(); });
+    timer = std::thread([this] {
+      SetCurrentThreadName("publish-timer");
+      RunTimer();
+    });
   }
 
   ~Impl() {

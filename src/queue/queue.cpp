@@ -3,6 +3,7 @@
 #include <ctime>
 #include <future>
 
+#include "common/thread_name.h"
 #include "queue/backends.h"
 
 namespace tidepool::queue {
@@ -95,7 +96,10 @@ Message DeadLetterMessage(const Delivery& delivery, const std::string& subscript
 }
 
 BackendThread::BackendThread()
-    : work_(boost::asio::make_work_guard(io_)), thread_([this] { io_.run(); }) {}
+    : work_(boost::asio::make_work_guard(io_)), thread_([this] {
+        SetCurrentThreadName("queue");
+        io_.run();
+      }) {}
 
 BackendThread::~BackendThread() {
   {

@@ -1,11 +1,21 @@
 #include "storage/flusher.h"
 
+#include "common/thread_name.h"
+
 namespace tidepool::storage {
 
 Flusher::Flusher(int threads) {
   if (threads < 1) threads = 1;
-  completer_ = std::thread([this] { RunCompletions(); });
-  for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { Run(); });
+  completer_ = std::thread([this] {
+    SetCurrentThreadName("log-complete");
+    RunCompletions();
+  });
+  for (int i = 0; i < threads; ++i) {
+    threads_.emplace_back([this] {
+      SetCurrentThreadName("log-flush");
+      Run();
+    });
+  }
 }
 
 Flusher::~Flusher() {

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "admin/admin_server.h"
+#include "common/thread_name.h"
 #include "web/latency_window.h"
 
 namespace tidepool::web {
@@ -627,7 +628,12 @@ Status HttpServer::Start() {
   s.port = s.acceptor->local_endpoint().port();
   for (auto& io : s.ios) s.work.push_back(asio::make_work_guard(*io));
   asio::co_spawn(*s.ios[0], s.Accept(), asio::detached);
-  for (auto& io : s.ios) s.threads.emplace_back([ctx = io.get()] { ctx->run(); });
+  for (auto& io : s.ios) {
+    s.threads.emplace_back([ctx = io.get()] {
+      SetCurrentThreadName("web-io");
+      ctx->run();
+    });
+  }
   return Status::Ok();
 }
 

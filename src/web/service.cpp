@@ -28,6 +28,7 @@
 
 #include "common/await_callback.h"
 #include "common/request_limits.h"
+#include "common/thread_name.h"
 #include "web/hub.h"
 #include "web/ui_assets.h"
 
@@ -170,10 +171,16 @@ struct WebService::Impl {
   // queue in the store and commit together instead of waiting here one by one. 32, measured
   // with bench/run-web unpaced: 16 left POSTs queued here for 4 ms, 64 made every thread switch
   // cost more than the larger groups saved.
-  asio::thread_pool blocking{32};
+  static constexpr size_t kStoreThreads = 32;
+  asio::thread_pool blocking{kStoreThreads};
   // Final replies are stored on their own threads: under load thousands of them arrive at
   // once, and in `blocking`'s FIFO queue they would hold up the POSTs behind them.
-  asio::thread_pool replies{4};
+  static constexpr size_t kReplyThreads = 4;
+  asio::thread_pool replies{kReplyThreads};
+  Impl() {
+    NameThreads(blocking, kStoreThreads, "web-store");
+    NameThreads(replies, kReplyThreads, "web-replies");
+  }
   EventHub hub;
   std::map<std::string, AppInfo> apps;
   std::map<std::string, std::unique_ptr<queue::Publisher>> publishers;  // by app
@@ -842,8 +849,14 @@ Result<std::unique_ptr<WebService>> WebService::Start(WebOptions options, store:
   http.Prefix("/", [self](HttpRequest& r) { return self->Static(r); });
   TP_RETURN_IF_ERROR(s.StartEvents());
   TP_RETURN_IF_ERROR(http.Start());
-  s.sweeper = std::thread([self] { self->Sweep(); });
-  s.marker = std::thread([self] { self->MarkLoop(); });
+  s.sweeper = std::thread([self] {
+    SetCurrentThreadName("web-sweep");
+    self->Sweep();
+  });
+  s.marker = std::thread([self] {
+    SetCurrentThreadName("web-mark");
+    self->MarkLoop();
+  });
   return std::unique_ptr<WebService>(new WebService(std::move(impl)));
 }
 

@@ -32,6 +32,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/thread_name.h"
 #include "queue/queue_env.h"
 
 namespace tidepool::worker {
@@ -459,7 +460,12 @@ struct Runtime::Impl : std::enable_shared_from_this<Runtime::Impl> {
 
   void StartIo() {
     work.emplace(ioc.get_executor());
-    for (int i = 0; i < options.threads; ++i) threads.emplace_back([this] { ioc.run(); });
+    for (int i = 0; i < options.threads; ++i) {
+      threads.emplace_back([this] {
+        SetCurrentThreadName("worker-io");
+        ioc.run();
+      });
+    }
   }
   void StopIo() {
     work.reset();

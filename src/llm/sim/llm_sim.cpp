@@ -28,6 +28,7 @@
 #include <thread>
 
 #include "common/cpu_list.h"
+#include "common/thread_name.h"
 #include "llm/sim/chat_request.h"
 #include "llm/sim/reply_text.h"
 #include "llm/sim/schema_fill.h"
@@ -769,6 +770,7 @@ Result<std::unique_ptr<LlmSim>> LlmSim::Start(SimOptions options) {
           // Best effort: a thread that cannot lower its priority or be pinned still serves.
           if (nice > 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
           if (!cpus.empty()) (void)PinCurrentThread(cpus);
+          SetCurrentThreadName("llm-sim");
           io->run();
         });
   }
