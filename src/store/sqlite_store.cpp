@@ -23,8 +23,10 @@
 #include <utility>
 #include <vector>
 
+#include "common/thread_name.h"
 #include "store/engine.h"
 #include "store/migrations.h"
+#include "store/sqlite_checkpoints.h"
 #include "store/store.h"
 
 namespace tidepool::store {
@@ -39,10 +41,6 @@ constexpr std::chrono::milliseconds kBusyRetryPause{10};
 constexpr size_t kMaxGroup = 256;
 // Connections that read, so that concurrent reads (history, conversations) do not queue for one.
 constexpr int kReaders = 4;
-// The WAL size (pages) at which the background checkpointer copies it into the database.
-constexpr int kCheckpointPages = 1'000;
-// The WAL size (pages) at which the writer checkpoints itself (see AfterCommit).
-constexpr int kWriterCheckpointPages = 4'000;
 
 // The columns ReadMessage reads, in its order.
 #define TP_MESSAGE_COLUMNS                                                         \
@@ -357,7 +355,10 @@ class SqliteStore final : public Store {
     if (read_rc != SQLITE_OK) return SqliteError(checkpoint_db, read_rc, "open for checkpoints");
     SqliteStore* raw = store.get();
     sqlite3_wal_hook(db, &SqliteStore::AfterCommit, raw);
-    store->checkpointer_ = std::thread([raw] { raw->Checkpoints(); });
+    store->checkpointer_ = std::thread([raw] {
+      SetCurrentThreadName("store-ckpt");
+      raw->Checkpoints();
+    });
     return std::unique_ptr<Store>(std::move(store));
   }
 
@@ -661,25 +662,29 @@ class SqliteStore final : public Store {
   // SQLite checkpoints a WAL database from inside the commit that crosses 1,000 pages of WAL:
   // that commit, and every write queued behind it, waits while the WAL is copied into the
   // database file and that is fsync'd (the p99 of a POST under load: the store's share of it
-  // reached 25-60 ms). Here the writer never checkpoints. Its commit hook wakes this thread
-  // once the WAL holds kCheckpointPages, and the checkpoint runs PASSIVE on a connection of
-  // its own while the writer goes on appending.
-  //
-  // A WAL starts over from its beginning only when a write begins after a checkpoint copied all
-  // of it; under a steady stream of writes the background checkpoint always finishes behind the
-  // next write, and the WAL would grow without end (reads slow down with it). So at
-  // kWriterCheckpointPages the writer checkpoints itself, after its commit, as SQLite would: by
-  // then the background has copied nearly all of it.
+  // reached 25-60 ms). Here the writer's commit hook wakes a thread that checkpoints PASSIVE on
+  // a connection of its own while the writer goes on appending; when, and when the writer
+  // checkpoints after all: sqlite_checkpoints.h.
   static int AfterCommit(void* store, sqlite3* db, const char*, int wal_pages) {
     auto* self = static_cast<SqliteStore*>(store);
-    if (wal_pages >= kWriterCheckpointPages) {
-      (void)sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-    } else if (wal_pages >= kCheckpointPages) {
-      {
-        std::lock_guard lock(self->checkpoint_mu_);
-        self->checkpoint_wanted_ = true;
+    switch (internal::AfterCommitAction(wal_pages, self->checkpointed_.load())) {
+      case internal::CheckpointAction::kWriter: {
+        int copied = 0;
+        const int rc =
+            sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, &copied);
+        if (rc == SQLITE_OK) self->checkpointed_.store(copied);
+        break;
       }
-      self->checkpoint_cv_.notify_one();
+      case internal::CheckpointAction::kBackground: {
+        {
+          std::lock_guard lock(self->checkpoint_mu_);
+          self->checkpoint_wanted_ = true;
+        }
+        self->checkpoint_cv_.notify_one();
+        break;
+      }
+      case internal::CheckpointAction::kNone:
+        break;
     }
     return SQLITE_OK;
   }
@@ -691,8 +696,10 @@ class SqliteStore final : public Store {
       if (closing_) return;
       checkpoint_wanted_ = false;
       lock.unlock();
-      (void)sqlite3_wal_checkpoint_v2(checkpoint_db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE,
-                                      nullptr, nullptr);
+      int copied = 0;
+      const int rc = sqlite3_wal_checkpoint_v2(checkpoint_db_.get(), nullptr,
+                                               SQLITE_CHECKPOINT_PASSIVE, nullptr, &copied);
+      if (rc == SQLITE_OK) checkpointed_.store(copied);
       lock.lock();
     }
   }
@@ -767,6 +774,8 @@ class SqliteStore final : public Store {
   std::mutex checkpoint_mu_;
   std::condition_variable checkpoint_cv_;
   bool checkpoint_wanted_ = false;
+  // Frames of the WAL that the last checkpoint copied (see sqlite_checkpoints.h).
+  std::atomic<int> checkpointed_{0};
   bool closing_ = false;
   std::thread checkpointer_;  // joined before the connections close (declared after them)
 };
