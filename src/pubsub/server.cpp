@@ -429,7 +429,7 @@ class StreamingPullReactor final
       lease_seconds = lease_seconds_;
     }
     auto got = sub->Pull(want_messages, want_bytes, lease_seconds, consumer_);
-    std::lock_guard lock(mu_);
+    std::unique_lock lock(mu_);
     pulling_ = false;
     if (!got.ok()) {
       FinishLocked(ToGrpc(got.status()));
@@ -440,9 +440,13 @@ class StreamingPullReactor final
       return;
     }
     if (done_ || finished_) {
-      // The stream ended while pulling: give the messages back at once.
+      // The stream ended while pulling: give the messages back at once. Not under mu_: giving
+      // them back wakes the subscription's listeners, this stream's own among them (until
+      // OnDone removes it), and its SchedulePump takes mu_. Under mu_ that deadlocked a broker
+      // when a draining worker's stream ended in the middle of a pull.
       std::vector<std::string> ids;
       for (const auto& m : *got) ids.push_back(m.ack_id);
+      lock.unlock();
       sub->ModifyAckDeadline(ids, 0, [](broker::AckResult) {});
       return;
     }
