@@ -22,6 +22,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <unordered_map>
 
@@ -179,7 +180,10 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
   std::unordered_map<std::string, int64_t> outstanding_;  // delivered: ack id → bytes
   int64_t outstanding_bytes_ = 0;
   std::atomic<bool> closed_{false};  // no handler runs once set
-  asio::steady_timer reopen_timer_;  // backend thread only
+  // Backend thread only. Destroyed by Close, on that thread: a reactor may drop the last
+  // reference to this state on a gRPC thread after Close has returned and the queue (with the
+  // io_context the timer belongs to) is gone; the timer must not outlive that.
+  std::optional<asio::steady_timer> reopen_timer_;
 };
 
 class PullReactor final
@@ -727,7 +731,7 @@ StreamState::StreamState(PubsubQueue* queue, std::string path, FlowControl flow,
       on_messages_(std::move(on_messages)),
       on_error_(std::move(on_error)),
       client_id_(NewClientId()),
-      reopen_timer_(queue->thread().io()) {}
+      reopen_timer_(std::in_place, queue->thread().io()) {}
 
 void StreamState::Open() {
   v1::StreamingPullRequest initial;
@@ -779,8 +783,9 @@ void StreamState::OnStreamDone(PullReactor* reactor, const grpc::Status& status)
       const auto delay = backoff_;
       backoff_ = std::min(backoff_ * 2, kMaxReopenBackoff);
       queue_->thread().Post([self = shared_from_this(), delay] {
-        self->reopen_timer_.expires_after(delay);
-        self->reopen_timer_.async_wait([self](const boost::system::error_code& ec) {
+        if (!self->reopen_timer_) return;  // closed
+        self->reopen_timer_->expires_after(delay);
+        self->reopen_timer_->async_wait([self](const boost::system::error_code& ec) {
           if (!ec) self->Open();
         });
       });
@@ -871,8 +876,9 @@ void StreamState::StopPulling() {
   GiveBack(std::move(give_back));
   if (closing == nullptr) return;
   queue_->thread().Post([self = shared_from_this(), closing] {
-    self->reopen_timer_.expires_after(kHalfCloseWait);
-    self->reopen_timer_.async_wait([self, closing](const boost::system::error_code& ec) {
+    if (!self->reopen_timer_) return;  // closed
+    self->reopen_timer_->expires_after(kHalfCloseWait);
+    self->reopen_timer_->async_wait([self, closing](const boost::system::error_code& ec) {
       if (ec) return;
       std::lock_guard lock(self->mu_);
       if (self->reactor_ == closing) self->reactor_->Cancel();
@@ -899,10 +905,10 @@ void StreamState::Close() {
   }
   closed_.store(true);
   if (queue_->thread().InThread()) {
-    reopen_timer_.cancel();
+    reopen_timer_.reset();  // cancels a pending wait
     return;
   }
-  queue_->thread().Post([self = shared_from_this()] { self->reopen_timer_.cancel(); });
+  queue_->thread().Post([self = shared_from_this()] { self->reopen_timer_.reset(); });
   // Twice: the first lets the cancel run, the second the aborted wait it queued, so that no
   // work of this stream is left on the thread when Close returns.
   queue_->thread().Barrier();
