@@ -317,6 +317,12 @@ class SqliteStore final : public Store {
  public:
   ~SqliteStore() override {
     {
+      std::lock_guard lock(queue_mu_);
+      writes_closed_ = true;
+    }
+    queue_cv_.notify_all();
+    if (writer_.joinable()) writer_.join();
+    {
       std::lock_guard lock(checkpoint_mu_);
       closing_ = true;
     }
@@ -358,6 +364,10 @@ class SqliteStore final : public Store {
     store->checkpointer_ = std::thread([raw] {
       SetCurrentThreadName("store-ckpt");
       raw->Checkpoints();
+    });
+    store->writer_ = std::thread([raw] {
+      SetCurrentThreadName("store-write");
+      raw->WriteLoop();
     });
     return std::unique_ptr<Store>(std::move(store));
   }
@@ -403,24 +413,48 @@ class SqliteStore final : public Store {
     TP_RETURN_IF_ERROR(internal::CheckLimit(history_limit));
     TP_ASSIGN_OR_RETURN(StoredMessage prepared,
                         internal::PrepareUserMessage(message, idempotency_key));
-    return Write([&](SqliteTransaction& tx) -> Result<PostedMessage> {
-      {
-        Run run(db(), statements_.get_conversation, "get conversation");
-        TP_ASSIGN_OR_RETURN(const bool found, run.Text(prepared.conversation_id).Step());
-        if (!found || run.ColumnText(1) != app) {
-          return Status::NotFound("store: no conversation " + prepared.conversation_id +
-                                  " in app " + app);
-        }
-      }
-      PostedMessage posted;
-      const std::string conversation_id = prepared.conversation_id;
-      TP_ASSIGN_OR_RETURN(posted.added,
-                          internal::AddUserMessageSteps(tx, std::move(prepared), idempotency_key));
-      TP_ASSIGN_OR_RETURN(posted.history,
-                          LatestMessages(db(), statements_, conversation_id, history_limit));
-      return posted;
+    return Write([&](SqliteTransaction& tx) {
+      return PostSteps(tx, app, std::move(prepared), idempotency_key, history_limit);
     });
   }
+
+  // The same write, queued without waiting: the writing thread calls `written` once the group
+  // it is in is written and before that group's commit, so that the caller's publish and the
+  // commit's fsync run side by side; then `done`.
+  void PostUserMessageAsync(const std::string& app, const StoredMessage& message,
+                            const std::string& idempotency_key, int history_limit,
+                            PostCallbacks callbacks) override {
+    Status limit = internal::CheckLimit(history_limit);
+    Result<StoredMessage> prepared = internal::PrepareUserMessage(message, idempotency_key);
+    if (!limit.ok() || !prepared.ok()) {
+      if (callbacks.done) callbacks.done(!limit.ok() ? limit : prepared.status());
+      return;
+    }
+    auto write = std::make_unique<PendingWrite>();
+    auto result = std::make_shared<std::optional<Result<PostedMessage>>>();
+    write->apply = [this, app, message = std::move(prepared).value(), idempotency_key,
+                    history_limit, result](SqliteTransaction& tx) mutable -> Status {
+      result->emplace(PostSteps(tx, app, std::move(message), idempotency_key, history_limit));
+      return (*result)->status();
+    };
+    if (callbacks.written) {
+      write->written = [result, written = std::move(callbacks.written)] {
+        PostedMessage& posted = ***result;  // the history goes, `done` keeps what was added
+        written(PostedMessage{.added = posted.added, .history = std::move(posted.history)});
+      };
+    }
+    write->finish = [result, done = std::move(callbacks.done)](const Status& status) {
+      if (!done) return;
+      if (!status.ok() || !result->has_value()) {
+        done(status.ok() ? Status::Internal("sqlite: the write ran no steps") : status);
+        return;
+      }
+      done(std::move((**result)->added));
+    };
+    Enqueue(write.release());
+  }
+
+  bool WritesInBackground() const override { return true; }
 
   Result<int64_t> MarkAllPublished(const std::vector<std::string>& message_ids) override {
     for (const auto& id : message_ids) TP_RETURN_IF_ERROR(internal::CheckId("message id", id));
@@ -549,11 +583,33 @@ class SqliteStore final : public Store {
     return Reading(reader, std::unique_lock(reader.mu));
   }
 
-  // A write waiting in the group-commit queue; its caller waits on `cv` until `done` or until
-  // it heads the queue. A condition variable each: the leader wakes the writers it committed
-  // and the next leader, not every thread that waits.
+  // PostUserMessage's steps, in a write transaction.
+  Result<PostedMessage> PostSteps(SqliteTransaction& tx, const std::string& app,
+                                  StoredMessage prepared, const std::string& idempotency_key,
+                                  int history_limit) {
+    {
+      Run run(db(), statements_.get_conversation, "get conversation");
+      TP_ASSIGN_OR_RETURN(const bool found, run.Text(prepared.conversation_id).Step());
+      if (!found || run.ColumnText(1) != app) {
+        return Status::NotFound("store: no conversation " + prepared.conversation_id + " in app " +
+                                app);
+      }
+    }
+    PostedMessage posted;
+    const std::string conversation_id = prepared.conversation_id;
+    TP_ASSIGN_OR_RETURN(posted.added,
+                        internal::AddUserMessageSteps(tx, std::move(prepared), idempotency_key));
+    TP_ASSIGN_OR_RETURN(posted.history,
+                        LatestMessages(db(), statements_, conversation_id, history_limit));
+    return posted;
+  }
+
+  // A write in the queue of the writing thread. A caller of Write waits on `cv` until `done`;
+  // one of PostUserMessageAsync is owned by the queue and learns its status through `finish`.
   struct PendingWrite {
     std::function<Status(SqliteTransaction&)> apply;
+    std::function<void()> written;              // optional: applied, before the commit
+    std::function<void(const Status&)> finish;  // set: the queue owns the write
     Status status;
     bool done = false;
     std::condition_variable cv;
@@ -574,53 +630,87 @@ class SqliteStore final : public Store {
         return result->status();
       }
     };
-    CommitInGroup(write);
+    std::unique_lock lock(queue_mu_);
+    if (writes_closed_) return R(Status::Unavailable("sqlite: the store is closing"));
+    queue_.push_back(&write);
+    queue_cv_.notify_one();
+    write.cv.wait(lock, [&] { return write.done; });
+    lock.unlock();
     if (!write.status.ok() || !result) return R(write.status);
     return std::move(*result);
   }
 
-  // Queues `write`; the first queued write commits the group it heads, the others wait.
-  void CommitInGroup(PendingWrite& write) {
-    std::unique_lock lock(queue_mu_);
-    queue_.push_back(&write);
-    write.cv.wait(lock, [&] { return write.done || queue_.front() == &write; });
-    if (write.done) return;
-    const size_t n = std::min(queue_.size(), kMaxGroup);
-    std::vector<PendingWrite*> group(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
-    lock.unlock();
+  // Queues a write that the queue owns (finish set).
+  void Enqueue(PendingWrite* write) {
     {
-      std::lock_guard db_lock(mu_);
-      SqliteTransaction tx(db(), statements_);
-      Status began = tx.Begin();
+      std::lock_guard lock(queue_mu_);
+      if (!writes_closed_) {
+        queue_.push_back(write);
+        queue_cv_.notify_one();
+        return;
+      }
+    }
+    std::unique_ptr<PendingWrite> owned(write);
+    owned->finish(Status::Unavailable("sqlite: the store is closing"));
+  }
+
+  // The writing thread: every write queued while the last group committed goes into the next
+  // one, one transaction and one fsync for all of them (up to kMaxGroup). A thread of its own,
+  // not the first caller in line, so that callers need not wait for their turn on a thread.
+  void WriteLoop() {
+    std::unique_lock lock(queue_mu_);
+    for (;;) {
+      queue_cv_.wait(lock, [this] { return writes_closed_ || !queue_.empty(); });
+      if (queue_.empty()) return;  // closed, and nothing left to write
+      const size_t n = std::min(queue_.size(), kMaxGroup);
+      std::vector<PendingWrite*> group(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
+      queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
+      lock.unlock();
+      CommitGroup(group);
+      std::vector<PendingWrite*> waiting;  // Write's callers; the queue owns the others
       for (PendingWrite* w : group) {
-        if (!began.ok()) {
-          w->status = began;
+        if (!w->finish) {
+          waiting.push_back(w);
           continue;
         }
-        w->status = tx.Savepoint();
-        if (!w->status.ok()) continue;
-        w->status = w->apply(tx);
-        Status kept = w->status.ok() ? tx.Release() : tx.Undo();
-        if (!kept.ok()) w->status = kept;
+        std::unique_ptr<PendingWrite> owned(w);
+        owned->finish(owned->status);
       }
-      if (began.ok()) {
-        // A failed commit undoes every write of the group: each learns it failed.
-        Status committed = tx.Commit();
-        if (!committed.ok()) {
-          for (PendingWrite* w : group) {
-            if (w->status.ok()) w->status = committed;
-          }
-        }
+      lock.lock();
+      for (PendingWrite* w : waiting) {
+        w->done = true;
+        w->cv.notify_one();
       }
     }
-    lock.lock();
-    for (size_t i = 0; i < n; ++i) {
-      PendingWrite* w = queue_.front();
-      queue_.pop_front();
-      w->done = true;
-      if (w != &write) w->cv.notify_one();
+  }
+
+  // Applies each write of `group` under a savepoint of one transaction, tells those that asked
+  // that they are written, and commits. Sets every write's status.
+  void CommitGroup(const std::vector<PendingWrite*>& group) {
+    std::lock_guard db_lock(mu_);
+    SqliteTransaction tx(db(), statements_);
+    const Status began = tx.Begin();
+    for (PendingWrite* w : group) {
+      if (!began.ok()) {
+        w->status = began;
+        continue;
+      }
+      w->status = tx.Savepoint();
+      if (!w->status.ok()) continue;
+      w->status = w->apply(tx);
+      Status kept = w->status.ok() ? tx.Release() : tx.Undo();
+      if (!kept.ok()) w->status = kept;
     }
-    if (!queue_.empty()) queue_.front()->cv.notify_one();
+    if (!began.ok()) return;
+    for (PendingWrite* w : group) {
+      if (w->status.ok() && w->written) w->written();
+    }
+    // A failed commit undoes every write of the group: each learns it failed.
+    const Status committed = tx.Commit();
+    if (committed.ok()) return;
+    for (PendingWrite* w : group) {
+      if (w->status.ok()) w->status = committed;
+    }
   }
 
   static Result<std::vector<StoredMessage>> ReadMessages(Run& run) {
@@ -763,8 +853,10 @@ class SqliteStore final : public Store {
     return Status::Ok();
   }
 
-  std::mutex queue_mu_;  // the group-commit queue
+  std::mutex queue_mu_;  // the writing thread's queue
+  std::condition_variable queue_cv_;
   std::deque<PendingWrite*> queue_;
+  bool writes_closed_ = false;
   std::mutex mu_;  // the writing connection: every statement on it runs under it
   std::unique_ptr<sqlite3, DbCloser> db_;
   Statements statements_;  // finalized before db_ is closed (declared after it)
@@ -778,6 +870,7 @@ class SqliteStore final : public Store {
   std::atomic<int> checkpointed_{0};
   bool closing_ = false;
   std::thread checkpointer_;  // joined before the connections close (declared after them)
+  std::thread writer_;        // likewise
 };
 
 }  // namespace

@@ -34,6 +34,19 @@ Result<PostedMessage> Store::PostUserMessage(const std::string& app, const Store
   return posted;
 }
 
+void Store::PostUserMessageAsync(const std::string& app, const StoredMessage& message,
+                                 const std::string& idempotency_key, int history_limit,
+                                 PostCallbacks callbacks) {
+  Result<PostedMessage> posted = PostUserMessage(app, message, idempotency_key, history_limit);
+  if (!posted.ok()) {
+    if (callbacks.done) callbacks.done(posted.status());
+    return;
+  }
+  AddResult added = posted->added;
+  if (callbacks.written) callbacks.written(std::move(posted).value());
+  if (callbacks.done) callbacks.done(std::move(added));
+}
+
 Status Store::MarkPublished(const std::string& message_id) {
   TP_ASSIGN_OR_RETURN(const int64_t marked, MarkAllPublished({message_id}));
   if (marked == 0) return Status::NotFound("store: no user message " + message_id);

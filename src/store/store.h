@@ -8,15 +8,20 @@
 //   message stored the first time, never a second one.
 // - AddReply stores at most one reply per request (the user message it answers), whichever
 //   web instance sees the final event first; the others learn it already exists.
-// - A user message is stored before it is published, and marked published once the publish is
+// - A user message is written before it is published, and marked published once the publish is
 //   confirmed; Unpublished lists what a crash left in between, for the web tier to publish.
+//   With PostUserMessageAsync the publish may start once the message is written and while its
+//   commit runs: a commit that fails then leaves a request published for a message not stored
+//   (its reply is not stored either: AddReply finds no user message).
 //
 // Thread-safety: every method may be called from any thread; calls block (disk or network), so
-// the web tier runs them off its I/O threads.
+// the web tier runs them off its I/O threads. PostUserMessageAsync does not block when
+// WritesInBackground().
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -70,6 +75,17 @@ struct PostedMessage {
   std::vector<StoredMessage> history;  // the latest history_limit messages, in seq order
 };
 
+// How PostUserMessageAsync reports; each runs at most once.
+struct PostCallbacks {
+  // The message is written in a transaction that is about to commit: what the commit makes
+  // durable unless it fails; the message and the history are the callback's to keep. Runs
+  // before `done`, only when the write itself succeeded, on the store's writing thread, which
+  // waits for it: it must not block, and is best kept short (hand the work to another thread).
+  std::function<void(PostedMessage)> written;
+  // The write is committed (durable), or failed.
+  std::function<void(Result<AddResult>)> done;
+};
+
 class Store {
  public:
   virtual ~Store() = default;
@@ -92,6 +108,13 @@ class Store {
                                                 const StoredMessage& message,
                                                 const std::string& idempotency_key,
                                                 int history_limit);
+  // PostUserMessage reporting through callbacks. An engine that writes on a thread of its own
+  // (WritesInBackground) returns at once and calls them from that thread, `written` before the
+  // commit's fsync; the default blocks the caller, calls PostUserMessage and then both.
+  virtual void PostUserMessageAsync(const std::string& app, const StoredMessage& message,
+                                    const std::string& idempotency_key, int history_limit,
+                                    PostCallbacks callbacks);
+  virtual bool WritesInBackground() const { return false; }
   // NOT_FOUND when no user message has that id; marking a message twice is fine.
   Status MarkPublished(const std::string& message_id);
   // Marks many in one write: the web tier gathers the marks of concurrent POSTs. Ids that name

@@ -6,8 +6,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <latch>
+#include <map>
+#include <mutex>
 #include <numeric>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -601,6 +606,157 @@ TEST_P(StoreTest, PostUserMessageChecksTheAppAndReturnsTheHistory) {
             StatusCode::kInvalidArgument);
   EXPECT_EQ(CodeOf(store_->PostUserMessage("scent-advisor", UserMessage("c1", "", "x"), "", 5)),
             StatusCode::kInvalidArgument);
+}
+
+// What PostUserMessageAsync reported for one call.
+struct AsyncPost {
+  std::mutex mu;
+  std::condition_variable cv;
+  int written_calls = 0;
+  int done_calls = 0;
+  bool written_before_done = false;
+  std::optional<PostedMessage> written;
+  std::vector<std::string> history_when_written;  // read beside the write, through the store
+  std::optional<Result<AddResult>> done;
+
+  PostCallbacks Callbacks(Store& store, const std::string& conversation) {
+    PostCallbacks callbacks;
+    callbacks.written = [this, &store, conversation](PostedMessage posted) {
+      auto seen = store.History(conversation, 100);  // a read: must not wait for the commit
+      std::lock_guard lock(mu);
+      ++written_calls;
+      written = std::move(posted);
+      if (seen.ok()) {
+        for (const auto& m : *seen) history_when_written.push_back(m.id);
+      }
+    };
+    callbacks.done = [this](Result<AddResult> posted) {
+      std::lock_guard lock(mu);
+      ++done_calls;
+      written_before_done = written_calls == 1;
+      done.emplace(std::move(posted));
+      cv.notify_all();
+    };
+    return callbacks;
+  }
+  bool Wait() {
+    std::unique_lock lock(mu);
+    return cv.wait_for(lock, std::chrono::seconds(10), [this] { return done_calls > 0; });
+  }
+};
+
+// PostUserMessageAsync: `written` with what the commit will make durable, then `done`; an
+// engine that writes in the background calls `written` before its commit, so a read beside it
+// does not see the message yet. Errors reach `done` alone.
+TEST_P(StoreTest, PostUserMessageAsyncReportsWrittenThenDone) {
+  ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
+  ASSERT_TRUE(IsOk(store_->AddUserMessage(UserMessage("c1", "m1", "one"), "")));
+
+  AsyncPost first;
+  store_->PostUserMessageAsync("scent-advisor", UserMessage("c1", "m2", "two"), "k2", 5,
+                               first.Callbacks(*store_, "c1"));
+  ASSERT_TRUE(first.Wait());
+  {
+    std::lock_guard lock(first.mu);
+    EXPECT_EQ(first.written_calls, 1);
+    EXPECT_EQ(first.done_calls, 1);
+    EXPECT_TRUE(first.written_before_done);
+    ASSERT_TRUE(first.written.has_value());
+    EXPECT_TRUE(first.written->added.created);
+    EXPECT_EQ(Ids(first.written->history), (std::vector<std::string>{"m1", "m2"}));
+    ASSERT_TRUE(IsOk(*first.done));
+    EXPECT_EQ((*first.done)->message.id, "m2");
+    EXPECT_TRUE((*first.done)->created);
+    if (store_->WritesInBackground()) {
+      EXPECT_EQ(first.history_when_written, std::vector<std::string>{"m1"});
+    } else {
+      EXPECT_EQ(first.history_when_written, (std::vector<std::string>{"m1", "m2"}));
+    }
+  }
+  auto history = store_->History("c1", 10);
+  ASSERT_TRUE(IsOk(history));
+  EXPECT_EQ(Ids(*history), (std::vector<std::string>{"m1", "m2"}));
+
+  // The key again: written reports the first message, not created.
+  AsyncPost again;
+  store_->PostUserMessageAsync("scent-advisor", UserMessage("c1", "m3", "two"), "k2", 5,
+                               again.Callbacks(*store_, "c1"));
+  ASSERT_TRUE(again.Wait());
+  {
+    std::lock_guard lock(again.mu);
+    ASSERT_EQ(again.written_calls, 1);
+    EXPECT_FALSE(again.written->added.created);
+    EXPECT_EQ(again.written->added.message.id, "m2");
+  }
+
+  // An unknown conversation, a bad limit: done alone, with the error.
+  AsyncPost unknown;
+  store_->PostUserMessageAsync("scent-advisor", UserMessage("c9", "m4", "x"), "", 5,
+                               unknown.Callbacks(*store_, "c9"));
+  ASSERT_TRUE(unknown.Wait());
+  AsyncPost bad_limit;
+  store_->PostUserMessageAsync("scent-advisor", UserMessage("c1", "m5", "x"), "", 0,
+                               bad_limit.Callbacks(*store_, "c1"));
+  ASSERT_TRUE(bad_limit.Wait());
+  std::lock_guard lock(unknown.mu);
+  std::lock_guard lock2(bad_limit.mu);
+  EXPECT_EQ(unknown.written_calls, 0);
+  EXPECT_EQ(CodeOf(*unknown.done), StatusCode::kNotFound);
+  EXPECT_EQ(bad_limit.written_calls, 0);
+  EXPECT_EQ(CodeOf(*bad_limit.done), StatusCode::kInvalidArgument);
+  history = store_->History("c1", 10);
+  ASSERT_TRUE(IsOk(history));
+  EXPECT_EQ(Ids(*history), (std::vector<std::string>{"m1", "m2"}));
+}
+
+// Many posts in flight from many threads, beside blocking writes, then the store closes at
+// once: every call hears `done` exactly once, and what it was told is what the database holds.
+TEST_P(StoreTest, PostUserMessageAsyncAnswersEveryCallAcrossClose) {
+  ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
+  constexpr int kThreads = 4;
+  constexpr int kEach = 100;
+  std::mutex mu;
+  std::map<std::string, int> done_calls;
+  std::set<std::string> stored;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kEach; ++i) {
+        const std::string id = "m" + std::to_string(t) + "-" + std::to_string(i);
+        PostCallbacks callbacks;
+        callbacks.done = [&, id](Result<AddResult> posted) {
+          std::lock_guard lock(mu);
+          ++done_calls[id];
+          if (posted.ok()) stored.insert(id);
+        };
+        store_->PostUserMessageAsync("scent-advisor", UserMessage("c1", id, "x"), "", 1,
+                                     std::move(callbacks));
+      }
+    });
+  }
+  // Blocking writes in the same groups as the queued ones.
+  threads.emplace_back([&] {
+    for (int i = 0; i < kEach; ++i) {
+      const std::string id = "sync-" + std::to_string(i);
+      auto added = store_->AddUserMessage(UserMessage("c1", id, "x"), "");
+      ASSERT_TRUE(IsOk(added));
+      std::lock_guard lock(mu);
+      ++done_calls[id];
+      stored.insert(id);
+    }
+  });
+  for (auto& thread : threads) thread.join();
+  store_.reset();  // waits for the writes queued so far
+  std::lock_guard lock(mu);
+  ASSERT_EQ(done_calls.size(), static_cast<size_t>((kThreads + 1) * kEach));
+  for (const auto& [id, calls] : done_calls) EXPECT_EQ(calls, 1) << id;
+  auto reopened = backend_->Open();
+  ASSERT_TRUE(IsOk(reopened));
+  auto history = (*reopened)->History("c1", (kThreads + 1) * kEach + 10);
+  ASSERT_TRUE(IsOk(history));
+  const std::vector<std::string> ids = Ids(*history);
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()), stored);
+  EXPECT_EQ(ids.size(), stored.size());
 }
 
 TEST_P(StoreTest, MarkPublishedTakesAMessageOffUnpublished) {

@@ -162,6 +162,42 @@ struct Bucket {
 
 }  // namespace
 
+// What a POST's store write and publish came to.
+struct PostOutcome {
+  Result<store::AddResult> posted = Status::Unavailable("cancelled while storing");
+  std::optional<Status> published;  // none: nothing was published (not stored, or a replay)
+};
+
+// Joins a POST's store write and its publish: `done` runs once both have reported. The store
+// reports `written` (where the publish starts and Expect is called) before it reports `done`.
+struct PostJoin {
+  std::mutex mu;
+  int waiting = 1;  // the store's done, and the publish once expected
+  PostOutcome outcome;
+  std::function<void(PostOutcome)> done;
+
+  void Expect() {
+    std::lock_guard lock(mu);
+    ++waiting;
+  }
+  void Stored(Result<store::AddResult> posted) {
+    Report([&] { outcome.posted = std::move(posted); });
+  }
+  void Published(Status status) {
+    Report([&] { outcome.published = std::move(status); });
+  }
+  template <typename Set>
+  void Report(Set set) {
+    bool last = false;
+    {
+      std::lock_guard lock(mu);
+      set();
+      last = --waiting == 0;
+    }
+    if (last) done(std::move(outcome));
+  }
+};
+
 struct WebService::Impl {
   WebOptions options;
   store::Store* store = nullptr;
@@ -169,17 +205,26 @@ struct WebService::Impl {
   std::unique_ptr<HttpServer> server;
   // Store calls block (a commit waits for its fsync): enough threads that concurrent writes
   // queue in the store and commit together instead of waiting here one by one. 32, measured
-  // with bench/run-web unpaced: 16 left POSTs queued here for 4 ms, 64 made every thread switch
-  // cost more than the larger groups saved.
+  // with bench/run-web unpaced when POSTs ran here with SQLite too (now they go to its writing
+  // thread, PostgreSQL's still come here): 16 left POSTs queued here for 4 ms, 64 made every
+  // thread switch cost more than the larger groups saved.
   static constexpr size_t kStoreThreads = 32;
   asio::thread_pool blocking{kStoreThreads};
   // Final replies are stored on their own threads: under load thousands of them arrive at
   // once, and in `blocking`'s FIFO queue they would hold up the POSTs behind them.
   static constexpr size_t kReplyThreads = 4;
+  // Builds POSTs' requests and hands them to the publishers, beside the store's commit.
+  asio::thread_pool publishing{1};
+  // POSTs whose store write has not reported done: the store's own thread calls back into
+  // this object (publishers, marks), so Stop waits for them.
+  std::mutex posts_mu;
+  std::condition_variable posts_cv;
+  int posts_in_store = 0;
   asio::thread_pool replies{kReplyThreads};
   Impl() {
     NameThreads(blocking, kStoreThreads, "web-store");
     NameThreads(replies, kReplyThreads, "web-replies");
+    NameThreads(publishing, 1, "web-publish");
   }
   EventHub hub;
   std::map<std::string, AppInfo> apps;
@@ -380,18 +425,61 @@ struct WebService::Impl {
                                         {"history", std::move(turns)}});
   }
 
-  asio::awaitable<Status> PublishAwait(const AppInfo& app, std::string data,
-                                       const std::string& conversation_id) {
-    queue::Publisher& publisher = *publishers.at(app.name);
-    queue::Message message{.data = std::move(data)};
-    message.attributes = {{"app", app.name}, {"conversation_id", conversation_id}};
-    auto publish = [&publisher, &message](std::function<void(Status)> done) {
-      publisher.Publish(std::move(message),
-                        [done = std::move(done)](Result<std::string> id) { done(id.status()); });
+  // The request message published for user message `m` of `app`.
+  queue::Message RequestMessage(const std::string& app, const store::StoredMessage& m,
+                                const std::vector<store::StoredMessage>& history) {
+    queue::Message request{.data = RequestData(m, history)};
+    request.attributes = {{"app", app}, {"conversation_id", m.conversation_id}};
+    return request;
+  }
+
+  // Stores the user message and publishes its request, and reports once both are done. The
+  // publish starts as soon as the message is written: with a store that writes on a thread of
+  // its own (SQLite) the queue's fsync runs beside the store's commit instead of after it. A
+  // retry of a message that is published, or being published, publishes nothing.
+  asio::awaitable<PostOutcome> StoreAndPublish(const AppInfo& app, store::StoredMessage m,
+                                               std::string key, int history_limit) {
+    auto start = [this, app_name = app.name, m = std::move(m), key = std::move(key),
+                  history_limit](std::function<void(PostOutcome)> done) mutable {
+      auto join = std::make_shared<PostJoin>();
+      join->done = std::move(done);
+      store::PostCallbacks callbacks;
+      callbacks.written = [this, join, app_name](store::PostedMessage posted) {
+        const store::StoredMessage& message = posted.added.message;
+        if (!posted.added.created && (message.published || MarkPending(message.id))) return;
+        join->Expect();
+        // The request is built and handed to the publisher on a thread of ours: the store's
+        // writing thread goes on to its commit.
+        asio::post(publishing, [this, join, app_name, posted = std::move(posted)] {
+          publishers.at(app_name)->Publish(
+              RequestMessage(app_name, posted.added.message, posted.history),
+              [join](Result<std::string> id) { join->Published(id.status()); });
+        });
+      };
+      callbacks.done = [this, join](Result<store::AddResult> posted) {
+        join->Stored(std::move(posted));
+        // The last touch of `this`: Stop waits for it.
+        std::lock_guard lock(posts_mu);
+        --posts_in_store;
+        posts_cv.notify_all();
+      };
+      {
+        std::lock_guard lock(posts_mu);
+        ++posts_in_store;
+      }
+      if (store->WritesInBackground()) {
+        store->PostUserMessageAsync(app_name, m, key, history_limit, std::move(callbacks));
+        return;
+      }
+      asio::post(blocking, [this, app_name, m = std::move(m), key = std::move(key), history_limit,
+                            callbacks = std::move(callbacks)]() mutable {
+        store->PostUserMessageAsync(app_name, m, key, history_limit, std::move(callbacks));
+      });
     };
-    Status published = co_await AwaitCallback<Status>(
-        std::move(publish), Status::Unavailable("cancelled while publishing"));
-    co_return published;
+    PostOutcome cancelled;
+    PostOutcome outcome =
+        co_await AwaitCallback<PostOutcome>(std::move(start), std::move(cancelled));
+    co_return outcome;
   }
 
   asio::awaitable<HttpResponse> PostMessage(HttpRequest& r) {
@@ -430,16 +518,15 @@ struct WebService::Impl {
     m.request_id = m.id;
     m.created_micros = NowMicros();
     const int limit = std::clamp(options.history_limit, 0, kMaxHistoryLimit);
-    // One trip to the blocking pool: the check, the write and the history read.
-    auto post = [this, m, key, limit, app_name = app->name] {
-      return store->PostUserMessage(app_name, m, key, limit + 1);
-    };
-    Result<store::PostedMessage> posted = co_await Offload(blocking, std::move(post));
-    if (posted.status().code() == StatusCode::kNotFound) {
+    PostOutcome outcome = co_await StoreAndPublish(*app, std::move(m), key, limit + 1);
+    if (outcome.posted.status().code() == StatusCode::kNotFound) {
       co_return JsonError(404, "no conversation " + conversation + " in app " + app->name);
     }
-    if (!posted.ok()) co_return JsonError(posted.status());
-    const store::AddResult& added = posted->added;
+    // Not stored. When its commit failed after the publish had started the request is out, for
+    // a message that is not: its reply will not be stored (there is no message to answer), and
+    // a retry with the same key stores and publishes it anew.
+    if (!outcome.posted.ok()) co_return JsonError(outcome.posted.status());
+    const store::AddResult& added = *outcome.posted;
     const store::StoredMessage& message = added.message;
     auto accepted = [&](bool replayed) {
       HttpResponse response =
@@ -449,18 +536,16 @@ struct WebService::Impl {
       if (replayed) response.headers.emplace_back("Idempotent-Replayed", "true");
       return response;
     };
-    if (!added.created && (message.published || MarkPending(message.id))) {
+    if (!outcome.published) {  // a retry of a message published before
       Count(&WebStats::messages_replayed);
       co_return accepted(true);
     }
-    Status published =
-        co_await PublishAwait(*app, RequestData(message, posted->history), message.conversation_id);
-    if (!published.ok()) {
+    if (!outcome.published->ok()) {
       Count(&WebStats::publish_failures);
       // Stored, not published: the sweeper publishes it; a retry with the same key does too.
       HttpResponse unavailable =
           JsonError(503, "the message is stored but the queue did not confirm it yet: " +
-                             published.message());
+                             outcome.published->message());
       unavailable.headers.emplace_back("Retry-After", "1");
       co_return unavailable;
     }
@@ -645,11 +730,9 @@ struct WebService::Impl {
         std::vector<store::StoredMessage> turns;
         if (history.ok()) turns = std::move(history).value();
         std::promise<Status> done;
-        queue::Message message{.data = RequestData(m, turns)};
-        message.attributes = {{"app", app->first}, {"conversation_id", m.conversation_id}};
-        publishers.at(app->first)->Publish(std::move(message), [&done](Result<std::string> id) {
-          done.set_value(id.status());
-        });
+        publishers.at(app->first)
+            ->Publish(RequestMessage(app->first, m, turns),
+                      [&done](Result<std::string> id) { done.set_value(id.status()); });
         if (done.get_future().get().ok() && store->MarkPublished(m.id).ok()) {
           Count(&WebStats::republished);
         }
@@ -869,6 +952,11 @@ void WebService::Stop(std::chrono::milliseconds grace) {
   if (s.events) s.events->StopPulling();
   if (s.replies_stream) s.replies_stream->StopPulling();
   s.blocking.join();
+  {
+    std::unique_lock lock(s.posts_mu);
+    s.posts_cv.wait(lock, [&s] { return s.posts_in_store == 0; });
+  }
+  s.publishing.join();  // after the store's last `written`: it may post here
   {
     std::lock_guard lock(s.marks_mu);
     s.marks_done = true;

@@ -401,6 +401,98 @@ TEST_F(WebApiTest, AMessageIsAnsweredOnceAndARetriedPostPublishesNothingNew) {
   EXPECT_EQ(pipeline_->stats().requests.load(), 1u) << "the retry was published";
 }
 
+// A store whose POST write fails at its commit, after the message was written into the
+// transaction (what a disk error does to SQLite there): it reports `written` with the message
+// and the history, stores nothing, and reports the failure. Everything else goes to `inner`.
+class CommitFailsStore : public store::Store {
+ public:
+  explicit CommitFailsStore(store::Store& inner) : inner_(inner) {}
+  void PostUserMessageAsync(const std::string& app, const store::StoredMessage& message,
+                            const std::string&, int history_limit,
+                            store::PostCallbacks callbacks) override {
+    store::PostedMessage written;
+    written.added.message = message;
+    written.added.message.request_id = message.id;
+    written.added.created = true;
+    if (auto history = inner_.History(message.conversation_id, history_limit); history.ok()) {
+      written.history = std::move(history).value();
+    }
+    written.history.push_back(written.added.message);
+    (void)app;
+    callbacks.written(written);
+    callbacks.done(Status::Unavailable("sqlite: commit: disk I/O error (a test's failure)"));
+  }
+  bool WritesInBackground() const override { return true; }
+
+  Status CreateConversation(const store::Conversation& c) override {
+    return inner_.CreateConversation(c);
+  }
+  Result<std::optional<store::Conversation>> GetConversation(const std::string& id) override {
+    return inner_.GetConversation(id);
+  }
+  Result<store::AddResult> AddUserMessage(const store::StoredMessage& m,
+                                          const std::string& key) override {
+    return inner_.AddUserMessage(m, key);
+  }
+  Result<int64_t> MarkAllPublished(const std::vector<std::string>& ids) override {
+    return inner_.MarkAllPublished(ids);
+  }
+  Result<std::vector<store::StoredMessage>> Unpublished(int64_t before, int limit) override {
+    return inner_.Unpublished(before, limit);
+  }
+  Result<bool> AddReply(const store::StoredMessage& reply) override {
+    Result<bool> added = inner_.AddReply(reply);
+    std::lock_guard lock(mu_);
+    reply_results_.push_back(added.status().code());
+    return added;
+  }
+  Result<std::vector<store::StoredMessage>> History(const std::string& id, int limit) override {
+    return inner_.History(id, limit);
+  }
+  Status Ping() override { return inner_.Ping(); }
+  Result<int> SchemaVersion() override { return inner_.SchemaVersion(); }
+  std::string engine() const override { return inner_.engine(); }
+
+  std::vector<StatusCode> reply_results() {
+    std::lock_guard lock(mu_);
+    return reply_results_;
+  }
+
+ private:
+  store::Store& inner_;
+  std::mutex mu_;
+  std::vector<StatusCode> reply_results_;
+};
+
+// The publish starts before the store's commit is done (docs/api.md). When that commit fails
+// the POST fails with the store's error, and the request that went out anyway is answered by
+// the workers without a reply being stored for a message that is not.
+TEST_F(WebApiTest, ACommitThatFailsAfterThePublishStartedFailsThePostAndStoresNoReply) {
+  CommitFailsStore failing(*store_);
+  auto service = WebService::Start(Options(), &failing, queue_.get());
+  ASSERT_TRUE(service.ok()) << service.status().ToString();
+  service_ = std::move(service).value();
+  port_ = service_->port();
+  StartWorker();
+  const std::string id = NewConversation();
+
+  Reply r = Post(id, "Something green and bright for spring");
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_NE(r.body.find("disk I/O error"), std::string::npos) << r.body;
+  EXPECT_EQ(service_->stats().messages_accepted, 0u);
+  EXPECT_EQ(service_->stats().publish_failures, 0u);
+
+  // The request was published: the worker answers it; its final reaches the web tier, whose
+  // store finds no message to attach it to.
+  const auto end = Clock::now() + 30s;
+  while (Clock::now() < end && failing.reply_results().empty()) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(pipeline_ ? pipeline_->stats().requests.load() : 0u, 1u);
+  EXPECT_EQ(failing.reply_results(), std::vector<StatusCode>{StatusCode::kNotFound});
+  EXPECT_TRUE(History(id).empty());
+}
+
 TEST_F(WebApiTest, TheEventStreamShowsProgressTokensCardsAndTheFinal) {
   StartWeb(Options());
   StartWorker();
