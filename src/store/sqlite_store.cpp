@@ -758,13 +758,9 @@ class SqliteStore final : public Store {
   static int AfterCommit(void* store, sqlite3* db, const char*, int wal_pages) {
     auto* self = static_cast<SqliteStore*>(store);
     switch (internal::AfterCommitAction(wal_pages, self->checkpointed_.load())) {
-      case internal::CheckpointAction::kWriter: {
-        int copied = 0;
-        const int rc =
-            sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, &copied);
-        if (rc == SQLITE_OK) self->checkpointed_.store(copied);
+      case internal::CheckpointAction::kWriter:
+        self->CheckpointOn(db);
         break;
-      }
       case internal::CheckpointAction::kBackground: {
         {
           std::lock_guard lock(self->checkpoint_mu_);
@@ -786,12 +782,18 @@ class SqliteStore final : public Store {
       if (closing_) return;
       checkpoint_wanted_ = false;
       lock.unlock();
-      int copied = 0;
-      const int rc = sqlite3_wal_checkpoint_v2(checkpoint_db_.get(), nullptr,
-                                               SQLITE_CHECKPOINT_PASSIVE, nullptr, &copied);
-      if (rc == SQLITE_OK) checkpointed_.store(copied);
+      CheckpointOn(checkpoint_db_.get());
       lock.lock();
     }
+  }
+
+  // Copies what it can of the WAL into the database (PASSIVE: waits for no reader or writer)
+  // and records how many frames the WAL's copied prefix now holds.
+  void CheckpointOn(sqlite3* db) {
+    int copied = 0;
+    const int rc =
+        sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, &copied);
+    if (rc == SQLITE_OK) checkpointed_.store(copied);
   }
 
   Status ExecuteOne(std::string_view sql, std::string_view what) {
