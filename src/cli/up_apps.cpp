@@ -80,11 +80,15 @@ std::string DashboardJson(const BacklogSource& backlogs, pool::PoolManager* pool
                        {"events_received_total", s.events_received},
                        {"publish_failures_total", s.publish_failures},
                        {"rate_limited_total", s.rate_limited}};
-    const web::LatencySummary post = service->PostLatency();
-    web["post_latency_ms"] = json::object{{"p50", post.p50_ms},
-                                          {"p99", post.p99_ms},
-                                          {"count", post.count},
-                                          {"window_seconds", post.window_seconds}};
+    auto summary = [](const web::LatencySummary& l) {
+      return json::object{{"p50", l.p50_ms},
+                          {"p99", l.p99_ms},
+                          {"count", l.count},
+                          {"window_seconds", l.window_seconds}};
+    };
+    web["post_latency_ms"] = summary(service->PostLatency());
+    web["post_store_ms"] = summary(service->PostStoreLatency());
+    web["post_publish_ms"] = summary(service->PostPublishLatency());
   }
   return json::serialize(json::object{{"pools", std::move(pool_list)},
                                       {"subscriptions", std::move(subscriptions)},

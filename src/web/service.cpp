@@ -30,6 +30,7 @@
 #include "common/request_limits.h"
 #include "common/thread_name.h"
 #include "web/hub.h"
+#include "web/latency_window.h"
 #include "web/ui_assets.h"
 
 namespace tidepool::web {
@@ -249,11 +250,29 @@ struct WebService::Impl {
 
   mutable std::mutex mu;
   WebStats stats;
+  LatencyWindow post_store;    // under mu
+  LatencyWindow post_publish;  // under mu
   std::unordered_map<std::string, Bucket> buckets;
 
   void Count(uint64_t WebStats::*field) {
     std::lock_guard lock(mu);
     ++(stats.*field);
+  }
+
+  void RecordSince(LatencyWindow WebService::Impl::*window, Clock::time_point began) {
+    const auto now = Clock::now();
+    const double ms = std::chrono::duration<double, std::milli>(now - began).count();
+    std::lock_guard lock(mu);
+    (this->*window).Record(ms, now);
+  }
+
+  LatencySummary Summary(const LatencyWindow WebService::Impl::*window) const {
+    std::lock_guard lock(mu);
+    const LatencyWindow& w = this->*window;
+    return LatencySummary{.count = w.Count(),
+                          .p50_ms = w.Quantile(0.5),
+                          .p99_ms = w.Quantile(0.99),
+                          .window_seconds = LatencyWindow::kWindowSeconds};
   }
 
   // ---- filters: auth, rate limits, CORS preflight
@@ -441,6 +460,7 @@ struct WebService::Impl {
                                                std::string key, int history_limit) {
     auto start = [this, app_name = app.name, m = std::move(m), key = std::move(key),
                   history_limit](std::function<void(PostOutcome)> done) mutable {
+      const auto began = Clock::now();
       auto join = std::make_shared<PostJoin>();
       join->done = std::move(done);
       store::PostCallbacks callbacks;
@@ -451,12 +471,17 @@ struct WebService::Impl {
         // The request is built and handed to the publisher on a thread of ours: the store's
         // writing thread goes on to its commit.
         asio::post(publishing, [this, join, app_name, posted = std::move(posted)] {
+          const auto publishing_began = Clock::now();
           publishers.at(app_name)->Publish(
               RequestMessage(app_name, posted.added.message, posted.history),
-              [join](Result<std::string> id) { join->Published(id.status()); });
+              [this, join, publishing_began](Result<std::string> id) {
+                RecordSince(&Impl::post_publish, publishing_began);
+                join->Published(id.status());
+              });
         });
       };
-      callbacks.done = [this, join](Result<store::AddResult> posted) {
+      callbacks.done = [this, join, began](Result<store::AddResult> posted) {
+        RecordSince(&Impl::post_store, began);
         join->Stored(std::move(posted));
         // The last touch of `this`: Stop waits for it.
         std::lock_guard lock(posts_mu);
@@ -989,6 +1014,14 @@ WebStats WebService::stats() const {
 
 LatencySummary WebService::PostLatency() const {
   return impl_->server->RecentLatency(kPostMessageRoute);
+}
+
+LatencySummary WebService::PostStoreLatency() const {
+  return impl_->Summary(&Impl::post_store);
+}
+
+LatencySummary WebService::PostPublishLatency() const {
+  return impl_->Summary(&Impl::post_publish);
 }
 
 std::string WebService::MetricsText() const {

@@ -88,6 +88,11 @@ class WebService {
   WebStats stats() const;
   // Latency of POST .../messages over the last seconds (the dashboard's "now").
   LatencySummary PostLatency() const;
+  // The two parts of a POST that wait on a disk, over the same window: the store's write
+  // (queued until durable) and the request's publish (handed to the queue until confirmed).
+  // They overlap with SQLite; a POST's own latency adds HTTP and the wait for the later one.
+  LatencySummary PostStoreLatency() const;
+  LatencySummary PostPublishLatency() const;
   std::string MetricsText() const;
 
   struct Impl;
