@@ -784,6 +784,10 @@ class SqliteStore final : public Store {
       lock.unlock();
       CheckpointOn(checkpoint_db_.get());
       lock.lock();
+      // Commits made while it ran asked again from the old count: dropped, as the next
+      // commit asks from the new one if a checkpoint is still due (each asked a second,
+      // near-empty checkpoint and its fsync before).
+      checkpoint_wanted_ = false;
     }
   }
 
