@@ -21,6 +21,8 @@
 #include <chrono>
 #include <cmath>
 #include <ctime>
+#include <latch>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
@@ -763,17 +765,22 @@ Result<std::unique_ptr<LlmSim>> LlmSim::Start(SimOptions options) {
   if (ec) return Status::Unavailable("cannot listen on " + listen + ": " + ec.message());
   impl->port = impl->acceptor->local_endpoint().port();
   asio::co_spawn(*impl->shards.front(), impl->Accept(), asio::detached);
+  // Start returns once every thread runs with its priority and CPUs. Shared: a thread may
+  // still be inside count_down when Start has returned.
+  auto started = std::make_shared<std::latch>(static_cast<std::ptrdiff_t>(impl->shards.size()));
   for (const auto& shard : impl->shards) {
     // From impl->options: `options` was moved from above.
     impl->threads.emplace_back(
-        [io = shard.get(), nice = impl->options.nice, cpus = impl->options.cpus] {
+        [io = shard.get(), nice = impl->options.nice, cpus = impl->options.cpus, started] {
           // Best effort: a thread that cannot lower its priority or be pinned still serves.
           if (nice > 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
           if (!cpus.empty()) (void)PinCurrentThread(cpus);
           SetCurrentThreadName("llm-sim");
+          started->count_down();
           io->run();
         });
   }
+  started->wait();
   return std::unique_ptr<LlmSim>(new LlmSim(std::move(impl)));
 }
 

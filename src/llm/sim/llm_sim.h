@@ -60,7 +60,7 @@ struct SimOptions {
   // simulator below the web tier that shares its process.
   int nice = 0;
   // The CPUs those threads may run on (empty: any): `tidepool up` keeps them off the CPU it
-  // leaves to the web tier.
+  // leaves to the web tier. Both are applied before Start returns.
   std::vector<int> cpus{};
 
   TtftModel ttft{};
