@@ -443,10 +443,11 @@ class SqliteStore final : public Store {
         written(PostedMessage{.added = posted.added, .history = std::move(posted.history)});
       };
     }
+    // An ok status means the steps ran and succeeded: `result` holds their PostedMessage.
     write->finish = [result, done = std::move(callbacks.done)](const Status& status) {
       if (!done) return;
-      if (!status.ok() || !result->has_value()) {
-        done(status.ok() ? Status::Internal("sqlite: the write ran no steps") : status);
+      if (!status.ok()) {
+        done(status);
         return;
       }
       done(std::move((**result)->added));

@@ -639,7 +639,10 @@ struct AsyncPost {
     };
     return callbacks;
   }
-  bool Wait() {
+  // Posts `message` through PostUserMessageAsync and waits (10 s at most) for `done`.
+  bool Post(Store& store, const StoredMessage& message, const std::string& key, int limit) {
+    store.PostUserMessageAsync("scent-advisor", message, key, limit,
+                               Callbacks(store, message.conversation_id));
     std::unique_lock lock(mu);
     return cv.wait_for(lock, std::chrono::seconds(10), [this] { return done_calls > 0; });
   }
@@ -653,9 +656,7 @@ TEST_P(StoreTest, PostUserMessageAsyncReportsWrittenThenDone) {
   ASSERT_TRUE(IsOk(store_->AddUserMessage(UserMessage("c1", "m1", "one"), "")));
 
   AsyncPost first;
-  store_->PostUserMessageAsync("scent-advisor", UserMessage("c1", "m2", "two"), "k2", 5,
-                               first.Callbacks(*store_, "c1"));
-  ASSERT_TRUE(first.Wait());
+  ASSERT_TRUE(first.Post(*store_, UserMessage("c1", "m2", "two"), "k2", 5));
   {
     std::lock_guard lock(first.mu);
     EXPECT_EQ(first.written_calls, 1);
@@ -679,9 +680,7 @@ TEST_P(StoreTest, PostUserMessageAsyncReportsWrittenThenDone) {
 
   // The key again: written reports the first message, not created.
   AsyncPost again;
-  store_->PostUserMessageAsync("scent-advisor", UserMessage("c1", "m3", "two"), "k2", 5,
-                               again.Callbacks(*store_, "c1"));
-  ASSERT_TRUE(again.Wait());
+  ASSERT_TRUE(again.Post(*store_, UserMessage("c1", "m3", "two"), "k2", 5));
   {
     std::lock_guard lock(again.mu);
     ASSERT_EQ(again.written_calls, 1);
@@ -691,13 +690,9 @@ TEST_P(StoreTest, PostUserMessageAsyncReportsWrittenThenDone) {
 
   // An unknown conversation, a bad limit: done alone, with the error.
   AsyncPost unknown;
-  store_->PostUserMessageAsync("scent-advisor", UserMessage("c9", "m4", "x"), "", 5,
-                               unknown.Callbacks(*store_, "c9"));
-  ASSERT_TRUE(unknown.Wait());
+  ASSERT_TRUE(unknown.Post(*store_, UserMessage("c9", "m4", "x"), "", 5));
   AsyncPost bad_limit;
-  store_->PostUserMessageAsync("scent-advisor", UserMessage("c1", "m5", "x"), "", 0,
-                               bad_limit.Callbacks(*store_, "c1"));
-  ASSERT_TRUE(bad_limit.Wait());
+  ASSERT_TRUE(bad_limit.Post(*store_, UserMessage("c1", "m5", "x"), "", 0));
   std::lock_guard lock(unknown.mu);
   std::lock_guard lock2(bad_limit.mu);
   EXPECT_EQ(unknown.written_calls, 0);

@@ -687,10 +687,13 @@ LatencySummary HttpServer::RecentLatency(const std::string& route_key) const {
   std::lock_guard lock(impl_->mu);
   auto it = impl_->stats.find(route_key);
   if (it == impl_->stats.end()) return {};
-  const LatencyWindow& w = it->second.recent;
-  return LatencySummary{.count = w.Count(),
-                        .p50_ms = w.Quantile(0.5),
-                        .p99_ms = w.Quantile(0.99),
+  return Summarize(it->second.recent);
+}
+
+LatencySummary Summarize(const LatencyWindow& window) {
+  return LatencySummary{.count = window.Count(),
+                        .p50_ms = window.Quantile(0.5),
+                        .p99_ms = window.Quantile(0.99),
                         .window_seconds = LatencyWindow::kWindowSeconds};
 }
 

@@ -100,6 +100,10 @@ struct LatencySummary {
   int window_seconds = 0;
 };
 
+class LatencyWindow;
+// The summary of what `window` holds now.
+LatencySummary Summarize(const LatencyWindow& window);
+
 class HttpServer {
  public:
   static Result<std::unique_ptr<HttpServer>> Create(HttpServerOptions options);

@@ -268,11 +268,7 @@ struct WebService::Impl {
 
   LatencySummary Summary(const LatencyWindow WebService::Impl::*window) const {
     std::lock_guard lock(mu);
-    const LatencyWindow& w = this->*window;
-    return LatencySummary{.count = w.Count(),
-                          .p50_ms = w.Quantile(0.5),
-                          .p99_ms = w.Quantile(0.99),
-                          .window_seconds = LatencyWindow::kWindowSeconds};
+    return Summarize(this->*window);
   }
 
   // ---- filters: auth, rate limits, CORS preflight

@@ -407,7 +407,7 @@ TEST_F(WebApiTest, AMessageIsAnsweredOnceAndARetriedPostPublishesNothingNew) {
 class CommitFailsStore : public store::Store {
  public:
   explicit CommitFailsStore(store::Store& inner) : inner_(inner) {}
-  void PostUserMessageAsync(const std::string& app, const store::StoredMessage& message,
+  void PostUserMessageAsync(const std::string&, const store::StoredMessage& message,
                             const std::string&, int history_limit,
                             store::PostCallbacks callbacks) override {
     store::PostedMessage written;
@@ -418,7 +418,6 @@ class CommitFailsStore : public store::Store {
       written.history = std::move(history).value();
     }
     written.history.push_back(written.added.message);
-    (void)app;
     callbacks.written(written);
     callbacks.done(Status::Unavailable("sqlite: commit: disk I/O error (a test's failure)"));
   }
