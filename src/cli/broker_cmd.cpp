@@ -87,6 +87,9 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
     pubsub::ServerOptions server_options;
     server_options.listen = flags.broker_listen;
     server_options.stream_lifetime_micros = flags.stream_lifetime_seconds * 1'000'000;
+    // `up`: the broker's gRPC server serves the app workers (their pulls, acks and events),
+    // so it runs at their priority, below the web tier (promise 3).
+    if (up) server_options.nice = static_cast<int>(flags.app_nice);
     auto started = pubsub::PubsubServer::Start(b.get(), server_options);
     if (!started.ok()) {
       std::fprintf(stderr, "tidepool %s: %s\n", cmd, started.status().ToString().c_str());

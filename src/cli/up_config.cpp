@@ -88,7 +88,8 @@ const std::vector<Setting>& Settings() {
       {"apps", "backlog_target", Kind::kCount, &UpConfig::app_backlog_target, nullptr, nullptr,
        "N: undelivered requests per worker the autoscaler aims at"},
       {"apps", "nice", Kind::kCount, &UpConfig::app_nice, nullptr, nullptr,
-       "N: CPU priority (nice 0-19) of the app workers and llm-sim, below the web tier's"},
+       "N: CPU priority (nice 0-19) of the app workers, llm-sim and the broker's gRPC server, "
+       "below the web tier's"},
       {"apps", "cpus", Kind::kString, &UpConfig::app_cpus, nullptr, nullptr,
        "auto | all | CPU list: where the app workers and llm-sim run (auto: all CPUs but the "
        "first, which stays the web tier's)"},

@@ -45,8 +45,9 @@ struct UpConfig {
   int64_t app_min_instances = 1;
   int64_t app_max_instances = 4;
   int64_t app_backlog_target = 200;  // undelivered requests per instance
-  // CPU priority of the app workers and of llm-sim (nice, 0-19): below the web tier, so that
-  // inference load on the same machine does not slow the UI down (DESIGN.md, promise 3).
+  // CPU priority of the app workers, of llm-sim and of the embedded broker's gRPC server,
+  // which serves the workers (nice, 0-19): below the web tier, so that inference load on the
+  // same machine does not slow the UI down (DESIGN.md, promise 3).
   int64_t app_nice = 10;
   // The CPUs the app workers and llm-sim may run on: "auto" (every CPU but the first, which the
   // web tier then has to itself, on machines with at least 2), "all", or a CPU list ("1-3").

@@ -1,6 +1,8 @@
 #include "common/cpu_list.h"
 
 #include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -91,6 +93,26 @@ Status PinCurrentThread(const std::vector<int>& cpus) {
   if (::sched_setaffinity(0, sizeof(set), &set) != 0) {
     const int error = errno;
     return Status::InvalidArgument("cannot run on CPUs " + FormatCpuList(cpus) + ": " +
+                                   std::strerror(error));
+  }
+  return Status::Ok();
+}
+
+int CurrentThreadNiceness() {
+  errno = 0;  // -1 is a niceness as well as the error return
+  const int nice = ::getpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()));
+  return errno == 0 ? nice : 0;
+}
+
+Status LowerCurrentThreadPriority(int nice) {
+  if (nice < 0 || nice > 19) {
+    return Status::InvalidArgument("niceness " + std::to_string(nice) + " is not in 0-19");
+  }
+  if (CurrentThreadNiceness() >= nice) return Status::Ok();
+  // PRIO_PROCESS with a thread id sets that one thread on Linux.
+  if (::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice) != 0) {
+    const int error = errno;
+    return Status::InvalidArgument("cannot run at niceness " + std::to_string(nice) + ": " +
                                    std::strerror(error));
   }
   return Status::Ok();

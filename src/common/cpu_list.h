@@ -1,6 +1,7 @@
 // CPU lists as Linux writes them ("0-3,6"): parsing, the CPUs this process may run on, and
-// pinning a thread to a set of them. Pools and `tidepool up` use them to keep inference off the
-// CPUs of the web tier (DESIGN.md, promise 3).
+// pinning a thread to a set of them; and a thread's CPU priority. Pools and `tidepool up` use
+// them to keep inference off the CPUs of the web tier, or below its priority (DESIGN.md,
+// promise 3).
 #pragma once
 
 #include <string>
@@ -24,5 +25,13 @@ std::vector<int> AllowedCpus();
 // Pins the calling thread (and the threads it starts later, which inherit the mask) to `cpus`.
 // INVALID_ARGUMENT when none of them is online and allowed.
 Status PinCurrentThread(const std::vector<int>& cpus);
+
+// The calling thread's niceness (Linux keeps one per thread).
+int CurrentThreadNiceness();
+
+// Lowers the calling thread's CPU priority to niceness `nice` (0-19); the threads it starts
+// later inherit it. Never raises it: a thread already at `nice` or above is left alone.
+// INVALID_ARGUMENT outside 0-19, or naming the error when the kernel refuses.
+Status LowerCurrentThreadPriority(int nice);
 
 }  // namespace tidepool

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <thread>
 
 namespace tidepool {
@@ -42,6 +43,36 @@ TEST(CpuListTest, PinningAThreadChangesWhereItMayRun) {
   std::thread u([&] { nowhere = PinCurrentThread({1023}); });
   u.join();
   EXPECT_EQ(nowhere.code(), StatusCode::kInvalidArgument);
+}
+
+TEST(CpuListTest, LoweringPriorityCoversTheThreadAndWhatItStartsOnly) {
+  const int before = CurrentThreadNiceness();
+  const int target = std::min(19, std::max(before, 0) + 3);
+  Status lowered;
+  int after = -100;
+  int child = -100;
+  Status raised;
+  int after_raise = -100;
+  std::thread t([&] {
+    lowered = LowerCurrentThreadPriority(target);
+    after = CurrentThreadNiceness();
+    std::thread([&] { child = CurrentThreadNiceness(); }).join();
+    // Asking for a higher priority than the thread has leaves it where it is.
+    raised = LowerCurrentThreadPriority(0);
+    after_raise = CurrentThreadNiceness();
+  });
+  t.join();
+  ASSERT_TRUE(lowered.ok()) << lowered.ToString();
+  EXPECT_EQ(after, target);
+  EXPECT_EQ(child, target) << "a thread started by a lowered thread inherits its niceness";
+  EXPECT_TRUE(raised.ok()) << raised.ToString();
+  EXPECT_EQ(after_raise, target);
+  EXPECT_EQ(CurrentThreadNiceness(), before) << "only the lowered thread changed";
+  for (int bad : {-1, 20}) {
+    Status s = LowerCurrentThreadPriority(bad);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(s.message().find("niceness " + std::to_string(bad)), std::string::npos) << bad;
+  }
 }
 
 }  // namespace

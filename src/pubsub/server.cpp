@@ -13,7 +13,9 @@
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
+#include "common/cpu_list.h"
 #include "common/thread_name.h"
 #include "google/pubsub/v1/pubsub.grpc.pb.h"
 #include "google/rpc/error_details.pb.h"
@@ -891,6 +893,18 @@ Result<std::shared_ptr<grpc::ServerCredentials>> ServerCredentials(const ServerO
 
 Result<std::unique_ptr<PubsubServer>> PubsubServer::Start(broker::Broker* broker,
                                                           ServerOptions options) {
+  if (options.nice == 0) return StartOnThisThread(broker, std::move(options));
+  // From a thread of its own at that priority: the threads started on the way inherit it.
+  Result<std::unique_ptr<PubsubServer>> started = Status::Internal("the server did not start");
+  std::thread([&] {
+    Status lowered = LowerCurrentThreadPriority(options.nice);
+    started = lowered.ok() ? StartOnThisThread(broker, std::move(options)) : lowered;
+  }).join();
+  return started;
+}
+
+Result<std::unique_ptr<PubsubServer>> PubsubServer::StartOnThisThread(broker::Broker* broker,
+                                                                      ServerOptions options) {
   TP_ASSIGN_OR_RETURN(auto credentials, ServerCredentials(options));
   auto impl = std::make_unique<Impl>(std::max(1, options.executor_threads));
   impl->broker = broker;

@@ -31,6 +31,12 @@ struct ServerOptions {
   // With TLS: called with the bearer token of each call ("" when it has none); false answers
   // UNAUTHENTICATED. Unset: no token is needed.
   std::function<bool(const std::string& token)> authorize{};
+  // CPU priority (niceness 0-19) of the threads that serve calls; 0 leaves them at the
+  // caller's. `up` serves its own pool's instances here and runs them below the web tier.
+  // gRPC's threads inherit the priority of the thread that starts them: this covers gRPC's
+  // own threads (pollers, timers, executors) when this server is the process's first user of
+  // gRPC, and this server's threads in any case.
+  int nice = 0;
 };
 
 class PubsubServer {
@@ -49,6 +55,8 @@ class PubsubServer {
 
  private:
   explicit PubsubServer(std::unique_ptr<Impl> impl);
+  static Result<std::unique_ptr<PubsubServer>> StartOnThisThread(broker::Broker* broker,
+                                                                 ServerOptions options);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -6,11 +6,15 @@
 // 1 -> 4 -> 1 and while a new revision rolls out under load; scale-down and rollouts drain,
 // never SIGKILL. Duplicates are counted and reported (at-least-once delivery allows them).
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
+#include <algorithm>
 #include <atomic>
 #include <boost/json.hpp>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
@@ -18,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "admin/http_client.h"
 #include "queue/queue.h"
@@ -353,6 +358,46 @@ TEST_F(PoolE2ETest, DeployedPoolsSurviveARestart) {
       << "the deployed pool did not come back: " << json::serialize(Describe("echo"));
   const std::set<std::string> published = Publish("after-restart", 200);
   EXPECT_TRUE(WaitFor([&] { return ReadRecord(record_).size() >= published.size(); }, 30s));
+}
+
+// Thread name -> the niceness of each thread of that name, from /proc.
+std::map<std::string, std::vector<int>> ThreadNiceness(pid_t pid) {
+  std::map<std::string, std::vector<int>> out;
+  const std::string task = "/proc/" + std::to_string(pid) + "/task";
+  for (const auto& entry : std::filesystem::directory_iterator(task)) {
+    std::ifstream comm_file(entry.path() / "comm");
+    std::ifstream stat_file(entry.path() / "stat");
+    std::string comm;
+    std::string stat;
+    if (!std::getline(comm_file, comm) || !std::getline(stat_file, stat)) continue;  // exited
+    // After the ")" that ends the name: state is field 3 of stat(5), nice field 19.
+    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    for (int i = 3; i < 19 && fields >> field; ++i) {
+    }
+    int nice = 0;
+    if (fields >> nice) out[comm].push_back(nice);
+  }
+  return out;
+}
+
+// Promise 3 inside the process: the broker's gRPC server, which serves the pools' instances,
+// runs at the app workers' priority (apps.nice, 10 by default), below the rest of `up`.
+TEST_F(PoolE2ETest, TheBrokersGrpcServerRunsAtTheAppWorkersPriority) {
+  errno = 0;
+  const int own = ::getpriority(PRIO_PROCESS, 0);
+  ASSERT_EQ(errno, 0);
+  const int lowered = std::max(own, 10);
+  // The server has served calls: the fixture's queue made the topic and subscription.
+  const auto threads = ThreadNiceness(up_->pid());
+  for (const char* name : {"pubsub", "nexting_thread", "grpc_global_tim"}) {
+    ASSERT_TRUE(threads.contains(name)) << "no thread named " << name;
+    for (int nice : threads.at(name)) EXPECT_EQ(nice, lowered) << name;
+  }
+  for (const char* name : {"log-flush", "broker-timer", "pool-manager"}) {
+    ASSERT_TRUE(threads.contains(name)) << "no thread named " << name;
+    for (int nice : threads.at(name)) EXPECT_EQ(nice, own) << name;
+  }
 }
 
 TEST_F(PoolE2ETest, CliReportsClearErrors) {

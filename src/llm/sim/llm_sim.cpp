@@ -1,6 +1,5 @@
 #include "llm/sim/llm_sim.h"
 
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -773,7 +772,7 @@ Result<std::unique_ptr<LlmSim>> LlmSim::Start(SimOptions options) {
     impl->threads.emplace_back(
         [io = shard.get(), nice = impl->options.nice, cpus = impl->options.cpus, started] {
           // Best effort: a thread that cannot lower its priority or be pinned still serves.
-          if (nice > 0) (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), nice);
+          if (nice > 0) (void)LowerCurrentThreadPriority(nice);
           if (!cpus.empty()) (void)PinCurrentThread(cpus);
           SetCurrentThreadName("llm-sim");
           started->count_down();
