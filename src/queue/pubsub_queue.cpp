@@ -120,7 +120,11 @@ int ClampSeconds(std::chrono::seconds s, int min) {
 }
 
 // One unary call on the callback API: the context, request and response live until the
-// completion has run.
+// completion has run. The completion hands the call to the backend thread (PubsubQueue::Drop)
+// to be destroyed there, never on the gRPC thread it runs on: a ClientContext holds the
+// channel, and a channel whose last reference goes on a gRPC callback thread takes that
+// thread's completion queue down from under it (gRPC 1.51 joins the thread with itself,
+// fails, and frees the queue the thread is still reading: a double free).
 template <typename Request, typename Response>
 struct UnaryCall {
   grpc::ClientContext ctx;
@@ -227,10 +231,8 @@ class PullReactor final
     response_.Clear();
     StartRead(&response_);
   }
-  void OnDone(const grpc::Status& status) override {
-    state_->OnStreamDone(this, status);
-    delete this;
-  }
+  // The state deletes this reactor on the backend thread (see UnaryCall for why not here).
+  void OnDone(const grpc::Status& status) override { state_->OnStreamDone(this, status); }
 
  private:
   const std::shared_ptr<StreamState> state_;
@@ -514,14 +516,20 @@ class PubsubQueue final : public Queue {
         for (size_t i = begin; i < end; ++i) call->request.add_ack_ids(ack_ids[i]);
         Prepare(call->ctx);
         client_->stub().async()->ModifyAckDeadline(&call->ctx, &call->request, &call->response,
-                                                   [call, finish](grpc::Status s) { finish(s); });
+                                                   [this, call, finish](grpc::Status s) mutable {
+                                                     Drop(std::move(call));
+                                                     finish(s);
+                                                   });
       } else {
         auto call = std::make_shared<UnaryCall<v1::AcknowledgeRequest, google::protobuf::Empty>>();
         call->request.set_subscription(path);
         for (size_t i = begin; i < end; ++i) call->request.add_ack_ids(ack_ids[i]);
         Prepare(call->ctx);
         client_->stub().async()->Acknowledge(&call->ctx, &call->request, &call->response,
-                                             [call, finish](grpc::Status s) { finish(s); });
+                                             [this, call, finish](grpc::Status s) mutable {
+                                               Drop(std::move(call));
+                                               finish(s);
+                                             });
       }
     }
   }
@@ -540,8 +548,9 @@ class PubsubQueue final : public Queue {
         &call->ctx, &call->request, &call->response,
         [this, call, path, deliveries = std::move(deliveries), ids = std::move(ids),
          cb = std::move(cb)](grpc::Status s) mutable {
-          if (!s.ok()) return cb(AckOutcome{ToStatus(s, path)});
           const std::string dead_topic = call->response.dead_letter_policy().dead_letter_topic();
+          Drop(std::move(call));
+          if (!s.ok()) return cb(AckOutcome{ToStatus(s, path)});
           if (dead_topic.empty()) return Settle(path, std::move(ids), std::nullopt, std::move(cb));
           std::vector<Message> dead;
           dead.reserve(deliveries.size());
@@ -585,10 +594,12 @@ class PubsubQueue final : public Queue {
     Prepare(call->ctx);
     client_->publisher().async()->Publish(
         &call->ctx, &call->request, &call->response,
-        [call, path, cb = std::move(cb)](grpc::Status s) {
+        [this, call, path, cb = std::move(cb)](grpc::Status s) mutable {
+          std::vector<std::string> ids(call->response.message_ids().begin(),
+                                       call->response.message_ids().end());
+          Drop(std::move(call));
           if (!s.ok()) return cb(ToStatus(s, path));
-          cb(std::vector<std::string>(call->response.message_ids().begin(),
-                                      call->response.message_ids().end()));
+          cb(std::move(ids));
         });
   }
 
@@ -605,19 +616,27 @@ class PubsubQueue final : public Queue {
     client_->stub().async()->Pull(
         &call->ctx, &call->request, &call->response,
         [this, call, path, max_messages, deadline, cb = std::move(cb)](grpc::Status s) mutable {
+          std::vector<Delivery> out;
+          out.reserve(static_cast<size_t>(call->response.received_messages_size()));
+          for (const auto& r : call->response.received_messages()) out.push_back(ToDelivery(r));
+          Drop(std::move(call));
           if (s.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
             return cb(std::vector<Delivery>{});
           }
           if (!s.ok()) return cb(ToStatus(s, path));
-          if (call->response.received_messages_size() == 0 &&
-              deadline - std::chrono::steady_clock::now() > kMinPullRetryWait) {
+          if (out.empty() && deadline - std::chrono::steady_clock::now() > kMinPullRetryWait) {
             return PullUntil(path, max_messages, deadline, std::move(cb));
           }
-          std::vector<Delivery> out;
-          out.reserve(static_cast<size_t>(call->response.received_messages_size()));
-          for (const auto& r : call->response.received_messages()) out.push_back(ToDelivery(r));
           cb(std::move(out));
         });
+  }
+
+  // Hands a finished call to the backend thread to be destroyed there (see UnaryCall).
+  // REQUIRES: the callback of the operation the call belongs to has not run yet, so that the
+  // thread is still there; when it goes, its destructor drops what it did not run.
+  template <typename Call>
+  void Drop(std::shared_ptr<Call> call) {
+    thread_.Post([done = std::move(call)] {});
   }
 
   const QueueOptions options_;
@@ -744,7 +763,7 @@ void StreamState::Open() {
   {
     std::lock_guard lock(mu_);
     if (stopped_ || reactor_ != nullptr) return;
-    reactor = new PullReactor(shared_from_this(), std::move(initial));  // deleted in OnDone
+    reactor = new PullReactor(shared_from_this(), std::move(initial));  // see OnStreamDone
     reactor_ = reactor;
   }
   // Not under mu_: a cancel before the call starts takes effect when it starts.
@@ -791,6 +810,9 @@ void StreamState::OnStreamDone(PullReactor* reactor, const grpc::Status& status)
       });
     }
   }
+  // Its ClientContext holds the channel: deleted on the backend thread, or with the queue's
+  // thread when that goes first (see UnaryCall).
+  queue_->thread().Post([done = std::shared_ptr<PullReactor>(reactor)] {});
   if (reactor_ == reactor) reactor_ = nullptr;
   cv_.notify_all();
 }
