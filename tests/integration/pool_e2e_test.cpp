@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <set>
@@ -370,13 +371,10 @@ std::map<std::string, std::vector<int>> ThreadNiceness(pid_t pid) {
     std::string comm;
     std::string stat;
     if (!std::getline(comm_file, comm) || !std::getline(stat_file, stat)) continue;  // exited
-    // After the ")" that ends the name: state is field 3 of stat(5), nice field 19.
-    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
-    std::string field;
-    for (int i = 3; i < 19 && fields >> field; ++i) {
-    }
-    int nice = 0;
-    if (fields >> nice) out[comm].push_back(nice);
+    // After the ")" that ends the name come stat(5)'s fields from 3 (state) on; nice is 19.
+    std::istringstream rest(stat.substr(stat.rfind(')') + 2));
+    const std::vector<std::string> fields{std::istream_iterator<std::string>(rest), {}};
+    if (fields.size() > 19 - 3) out[comm].push_back(std::stoi(fields[19 - 3]));
   }
   return out;
 }
