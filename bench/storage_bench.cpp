@@ -86,7 +86,8 @@ void Usage() {
                "usage: storage_bench [--seconds S] [--repeat N] [--dir DIR] [--inflight N]\n"
                "                     [--sizes 100,1024,65536] [--appenders 1,16,64]\n"
                "                     [--modes sync,pipelined] [--max-group-bytes N]\n"
-               "                     [--max-group-wait-us N] [--raw-bytes framed|payload]\n"
+               "                     [--max-group-wait-us N] [--log-reserve BYTES]\n"
+               "                     [--raw-bytes framed|payload]\n"
                "                     [--max-other-cpu PERCENT]\n");
 }
 
@@ -176,6 +177,10 @@ std::optional<Flags> ParseFlags(int argc, char** argv) {
       auto v = ParseInt(value);
       ok = v && *v > 0;
       if (ok) flags.log_options.max_group_bytes = static_cast<size_t>(*v);
+    } else if (name == "--log-reserve") {
+      auto v = ParseInt(value);
+      ok = v && *v >= 0;
+      if (ok) flags.log_options.reserve_bytes = static_cast<uint64_t>(*v);
     } else if (name == "--max-group-wait-us") {
       auto v = ParseInt(value);
       ok = v.has_value();
@@ -763,9 +768,10 @@ void PrintSetup(const Flags& flags, const std::string& root) {
         "(up to %d times; see \"other CPU\")\n",
         100 * flags.max_other_cpu, kBusyRetries);
   }
-  std::printf("LogOptions: max_group_bytes=%zu max_group_wait_micros=%" PRId64
-              " segment_max_bytes=%" PRIu64 " index_interval_bytes=%u; Flusher threads=1\n",
-              o.max_group_bytes, o.max_group_wait_micros, o.segment_max_bytes,
+  std::printf("LogOptions: reserve_bytes=%" PRIu64
+              " max_group_bytes=%zu max_group_wait_micros=%" PRId64 " segment_max_bytes=%" PRIu64
+              " index_interval_bytes=%u; Flusher threads=1\n",
+              o.reserve_bytes, o.max_group_bytes, o.max_group_wait_micros, o.segment_max_bytes,
               o.index_interval_bytes);
   std::printf(
       "raw: one file, one write() of a raw group then one fdatasync(), in a loop; raw group = "

@@ -24,9 +24,20 @@ class WritableFile {
   virtual Status Append(std::span<const std::byte> data) = 0;
   // Makes everything appended so far durable (fdatasync).
   virtual Status Sync() = 0;
-  // Cuts the file to `size` bytes (used to drop a torn tail or a failed write).
+  // Cuts the file to `size` bytes (used to drop a torn tail or a failed write). Reserved
+  // zeros go with it.
   virtual Status Truncate(uint64_t size) = 0;
+  // Makes at least the `bytes` after the end of the data allocated and zero-filled, so that
+  // appends into them change no file size and an fdatasync after them has only data to write,
+  // no metadata. Size() does not move; the zeros are in the file, though, until the next
+  // Truncate or Close, and survive a crash as a zero tail. Not durable by itself: the next
+  // Sync writes them too.
+  virtual Status Reserve(uint64_t bytes) = 0;
+  // Zero-filled bytes after the data (Reserve).
+  virtual uint64_t Reserved() const = 0;
+  // Drops reserved zeros (best effort) and closes.
   virtual Status Close() = 0;
+  // The end of the data: what was appended, not counting reserved zeros.
   virtual uint64_t Size() const = 0;
 };
 

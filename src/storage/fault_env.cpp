@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -16,7 +17,9 @@ class FaultWritableFile final : public WritableFile {
     TP_RETURN_IF_ERROR(env_->BeginOp("append " + path_));
     size_t allowed = data.size();
     Status fault = env_->OnAppend(path_, data.size(), &allowed);
-    if (allowed > 0) TP_RETURN_IF_ERROR(base_->Append(data.first(allowed)));
+    Status s = allowed > 0 ? base_->Append(data.first(allowed)) : Status::Ok();
+    env_->OnAppended(path_, base_->Size());
+    TP_RETURN_IF_ERROR(s);
     return fault;
   }
   Status Sync() override {
@@ -24,7 +27,7 @@ class FaultWritableFile final : public WritableFile {
     if (env_->fail_syncs_.load())
       return Status::IOError("fdatasync " + path_ + ": Input/output error (injected)");
     TP_RETURN_IF_ERROR(base_->Sync());
-    return env_->OnSync(path_, base_->Size());
+    return env_->OnSync(path_, base_->Size() + base_->Reserved(), base_->Size());
   }
   Status Truncate(uint64_t size) override {
     TP_RETURN_IF_ERROR(env_->BeginOp("ftruncate " + path_));
@@ -32,6 +35,12 @@ class FaultWritableFile final : public WritableFile {
     env_->OnTruncate(path_, size);
     return Status::Ok();
   }
+  Status Reserve(uint64_t bytes) override {
+    // Zeros count as unsynced bytes until a Sync: a power loss keeps any prefix of them.
+    TP_RETURN_IF_ERROR(env_->BeginOp("reserve " + path_));
+    return base_->Reserve(bytes);
+  }
+  uint64_t Reserved() const override { return base_->Reserved(); }
   Status Close() override { return base_->Close(); }
   uint64_t Size() const override { return base_->Size(); }
 
@@ -85,9 +94,16 @@ Status FaultInjectionEnv::OnAppend(const std::string& path, size_t n, size_t* al
   return Status::Ok();
 }
 
-Status FaultInjectionEnv::OnSync(const std::string& path, uint64_t size) {
+void FaultInjectionEnv::OnAppended(const std::string& path, uint64_t data_end) {
   std::lock_guard lock(mu_);
-  files_[path].synced_size = size;
+  files_[path].data = data_end;
+}
+
+Status FaultInjectionEnv::OnSync(const std::string& path, uint64_t size, uint64_t data_end) {
+  std::lock_guard lock(mu_);
+  auto& f = files_[path];
+  f.synced_size = size;
+  f.synced_data = f.data = data_end;
   return Status::Ok();
 }
 
@@ -97,6 +113,8 @@ void FaultInjectionEnv::OnTruncate(const std::string& path, uint64_t size) {
   // A truncate below the synced size is not durable until the next sync either; assume the
   // worst case for a reader (what was synced before may come back), but never beyond the file.
   if (f.synced_size > size) f.synced_size = size;
+  f.data = std::min(f.data, size);
+  f.synced_data = std::min(f.synced_data, size);
 }
 
 bool FaultInjectionEnv::ReadFails(const std::string& path) {
@@ -115,6 +133,7 @@ Result<std::unique_ptr<WritableFile>> FaultInjectionEnv::OpenAppendable(const st
       // A file that existed before we saw it is durable as it is.
       it->second.entry_durable = existed;
       it->second.synced_size = existed ? base->Size() : 0;
+      it->second.synced_data = it->second.data = it->second.synced_size;
     }
   }
   return std::unique_ptr<WritableFile>(
@@ -201,6 +220,36 @@ Status FaultInjectionEnv::PowerLoss(PowerLossMode mode, uint64_t seed) {
       continue;
     }
     const uint64_t size = fs::file_size(path, ec);
+    // Data written over synced zeros since the last sync: the zeros may come back.
+    const uint64_t over_end = std::min({st.data, st.synced_size, size});
+    if (over_end > st.synced_data) {
+      const uint64_t unsynced = over_end - st.synced_data;
+      uint64_t keep = 0;  // bytes of it that survive whole; then sectors are garbled
+      switch (mode) {
+        case PowerLossMode::kDropUnsynced:
+          break;
+        case PowerLossMode::kKeepRandomPrefix:
+          keep = rng() % (unsynced + 1);
+          break;
+        case PowerLossMode::kGarbleUnsynced:
+          keep = unsynced;
+          break;
+      }
+      std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+      const std::string zeros(512, '\0');
+      for (uint64_t off = st.synced_data; off < over_end; off += 512) {
+        const uint64_t n = std::min<uint64_t>(512, over_end - off);
+        const bool lost = off + n > st.synced_data + keep ||
+                          (mode == PowerLossMode::kGarbleUnsynced && rng() % 2 == 0);
+        if (!lost) continue;
+        // In kKeepRandomPrefix only the part past the surviving prefix goes.
+        const uint64_t from =
+            mode == PowerLossMode::kKeepRandomPrefix ? std::max(off, st.synced_data + keep) : off;
+        f.seekp(static_cast<std::streamoff>(from));
+        f.write(zeros.data(), static_cast<std::streamsize>(off + n - from));
+      }
+      if (!f) return Status::IOError("power loss on " + path + ": cannot rewrite zeros");
+    }
     if (size > st.synced_size) {
       const uint64_t unsynced = size - st.synced_size;
       switch (mode) {
@@ -226,6 +275,7 @@ Status FaultInjectionEnv::PowerLoss(PowerLossMode mode, uint64_t seed) {
       if (ec) return Status::IOError("power loss on " + path + ": " + ec.message());
     }
     it->second.synced_size = fs::file_size(path, ec);
+    it->second.synced_data = it->second.data = it->second.synced_size;
     ++it;
   }
   ops_left_.store(-1);

@@ -28,7 +28,8 @@ class FaultInjectionEnv final : public Env {
     kGarbleUnsynced,    // unsynced bytes survive with random 512-byte sectors zeroed
   };
 
-  // Simulates a power failure: applies `mode` to every file written through this Env, deletes
+  // Simulates a power failure: applies `mode` to every file written through this Env (to the
+  // bytes past its last synced size, and to data written since over synced zeros), deletes
   // files whose creation was never made durable by SyncDir, then clears all fault settings.
   // REQUIRES: no file of this Env is being written concurrently.
   Status PowerLoss(PowerLossMode mode, uint64_t seed = 0);
@@ -75,14 +76,19 @@ class FaultInjectionEnv final : public Env {
   friend class FaultWritableFile;
   friend class FaultRandomAccessFile;
   struct FileState {
-    uint64_t synced_size = 0;
+    uint64_t synced_size = 0;  // the file's size at the last Sync, reserved zeros included
+    // End of the data at the last Sync and now. Bytes in [synced_data, min(data, synced_size))
+    // were written over synced zeros (WritableFile::Reserve) and are not durable yet.
+    uint64_t synced_data = 0;
+    uint64_t data = 0;
     bool entry_durable = false;  // its directory entry survived a SyncDir
   };
 
   // Counts one mutating operation; non-ok when the simulated machine has stopped.
   Status BeginOp(const std::string& what);
   Status OnAppend(const std::string& path, size_t n, size_t* allowed);
-  Status OnSync(const std::string& path, uint64_t size);
+  void OnAppended(const std::string& path, uint64_t data_end);
+  Status OnSync(const std::string& path, uint64_t size, uint64_t data_end);
   void OnTruncate(const std::string& path, uint64_t size);
   bool ReadFails(const std::string& path);
 

@@ -230,7 +230,8 @@ Status Log::Recover() {
         TP_RETURN_IF_ERROR(w->Truncate(scan.valid_end));
         TP_RETURN_IF_ERROR(w->Sync());
         TP_RETURN_IF_ERROR(w->Close());
-        recovery_.torn_bytes_truncated += data.size() - scan.valid_end;
+        recovery_.torn_bytes_truncated += scan.torn_bytes;
+        recovery_.zero_tail_bytes_dropped += scan.zero_tail_bytes;
       }
       for (const auto& d : scan.damaged) {
         const std::string lost =
@@ -348,6 +349,12 @@ Status Log::SealActive() {
     std::lock_guard lock(mu_);
     active = segments_.back();
     active->sealed = true;
+  }
+  if (writer_ && writer_->Reserved() > 0) {
+    // A sealed segment ends at its last group, durably, before its successor exists: recovery
+    // reads anything after that in a sealed segment as damage, not as a reserved tail.
+    TP_RETURN_IF_ERROR(writer_->Truncate(active->size));
+    TP_RETURN_IF_ERROR(writer_->Sync());
   }
   // The index is an optimisation: without it the next open scans the segment.
   if (active->damaged.empty()) (void)WriteIndexFile(*active);
@@ -504,6 +511,15 @@ void Log::CommitPending() {
     }
   }
 
+  if (options_.reserve_bytes > 0 && writer_->Reserved() < group_buffer_.size()) {
+    // Zeros ahead, up to the segment's size limit; a group larger than that gets its own room.
+    const uint64_t room =
+        options_.segment_max_bytes > base_offset ? options_.segment_max_bytes - base_offset : 0;
+    const uint64_t want =
+        std::max<uint64_t>(group_buffer_.size(), std::min(options_.reserve_bytes, room));
+    // Only an optimisation: when it fails (a full disk), the append says what is wrong.
+    (void)writer_->Reserve(want);
+  }
   Status ws = writer_->Append(std::as_bytes(std::span(group_buffer_)));
   if (!ws.ok()) {
     // Undo the partial write so the file ends at the last durable group again.

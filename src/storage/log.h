@@ -55,6 +55,11 @@ struct LogOptions {
   // How long the leader may wait for more appends before writing a group smaller than
   // max_group_bytes. 0: write what is queued at once (more appends queue during the fsync).
   int64_t max_group_wait_micros = 0;
+  // Zero-filled space kept ahead of the active segment's end (WritableFile::Reserve), written
+  // this many bytes at a time: a group's fdatasync then writes its data and no file size, which
+  // on ext4 skips a journal commit. Dropped when the segment is sealed or the log closes;
+  // recovery drops what a crash left. 0: append to the end of the file.
+  uint64_t reserve_bytes = 256u << 10;
   // Refuse to open when a segment has corruption before its last group.
   bool strict_recovery = false;
   // A single record may not exceed this.
@@ -76,6 +81,8 @@ struct RecoveryReport {
   size_t segments = 0;
   size_t segments_scanned = 0;        // the rest were trusted from their index checkpoint
   uint64_t torn_bytes_truncated = 0;  // a crash in the middle of the last group
+  uint64_t zero_tail_bytes_dropped =
+      0;  // reserved space left by a crash (LogOptions::reserve_bytes)
   size_t empty_segments_removed = 0;
   std::vector<std::string> corruption;  // one line per damaged region that was skipped
 };

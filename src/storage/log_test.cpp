@@ -497,5 +497,153 @@ TEST_F(LogTest, EmptySegmentLeftByACrashIsRemoved) {
   EXPECT_EQ(ReadAll(*log).size(), 21u);
 }
 
+std::string FileBytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+bool AllZero(std::string_view bytes) {
+  return bytes.find_first_not_of('\0') == std::string_view::npos;
+}
+
+TEST_F(LogTest, ReservedZerosFollowTheDataAndGoWhenTheLogCloses) {
+  LogOptions o;
+  o.reserve_bytes = 64 << 10;
+  const std::string seg = dir_.sub("topic/") + SegmentFileName(0);
+  uint64_t data_end = 0;
+  {
+    auto log = OpenLog(o);
+    ASSERT_TRUE(log->Append({"one"}).ok());
+    ASSERT_TRUE(log->Append({"two", "three"}).ok());
+    data_end = log->Segments().back().size_bytes;
+    const std::string bytes = FileBytes(seg);
+    // The first group reserved 64 KiB past the header; the second landed inside them.
+    EXPECT_EQ(bytes.size(), kSegmentHeaderFrameSize + (64u << 10));
+    ASSERT_GT(bytes.size(), data_end);
+    EXPECT_TRUE(AllZero(std::string_view(bytes).substr(data_end)));
+    EXPECT_FALSE(AllZero(std::string_view(bytes).substr(data_end - 5, 5)));
+  }
+  EXPECT_EQ(std::filesystem::file_size(seg), data_end);
+  auto log = OpenLog(o);
+  EXPECT_EQ(log->recovery_report().torn_bytes_truncated, 0u);
+  EXPECT_EQ(log->recovery_report().zero_tail_bytes_dropped, 0u);
+  EXPECT_EQ(ReadAll(*log), (std::vector<std::string>{"one", "two", "three"}));
+}
+
+TEST_F(LogTest, ACrashLeavesReservedZerosThatRecoveryDropsAsNoDamage) {
+  auto log = OpenLog();  // the default reserve
+  for (int i = 0; i < 50; ++i) ASSERT_TRUE(log->Append({"record " + std::to_string(i)}).ok());
+  const uint64_t data_end = log->Segments().back().size_bytes;
+  // The files as a crash would leave them, with the log still open.
+  std::filesystem::copy(dir_.sub("topic"), dir_.sub("crashed"));
+  const uint64_t crashed_size =
+      std::filesystem::file_size(dir_.sub("crashed/") + SegmentFileName(0));
+  ASSERT_GT(crashed_size, data_end);
+
+  auto reopened = Log::Open(&env_, dir_.sub("crashed"), LogOptions{}, &flusher_);
+  ASSERT_TRUE(reopened.ok()) << reopened.status().ToString();
+  const RecoveryReport& report = (*reopened)->recovery_report();
+  EXPECT_EQ(report.torn_bytes_truncated, 0u);
+  EXPECT_EQ(report.zero_tail_bytes_dropped, crashed_size - data_end);
+  EXPECT_TRUE(report.corruption.empty());
+  EXPECT_EQ((*reopened)->next_seq(), Seq(50));
+  ASSERT_TRUE((*reopened)->Append({"after"}).ok());
+  auto last = (*reopened)->Read(Seq(49), 10, 1 << 20);
+  ASSERT_TRUE(last.ok());
+  ASSERT_EQ(last->size(), 2u);
+  EXPECT_EQ((*last)[0].data, "record 49");
+  EXPECT_EQ((*last)[1].data, "after");
+}
+
+TEST_F(LogTest, SealedSegmentsEndAtTheirLastGroupAndKeepTheirIndex) {
+  LogOptions o;
+  o.segment_max_bytes = 4096;
+  o.reserve_bytes = 1024;
+  {
+    auto log = OpenLog(o);
+    for (int i = 0; i < 100; ++i) ASSERT_TRUE(log->Append({std::string(100, 'x')}).ok());
+    auto segs = log->Segments();
+    ASSERT_GT(segs.size(), 2u);
+    for (const auto& s : segs) {
+      const uint64_t on_disk =
+          std::filesystem::file_size(dir_.sub("topic/") + SegmentFileName(s.base.value));
+      if (s.active) {
+        EXPECT_GE(on_disk, s.size_bytes);
+        EXPECT_LE(on_disk, 4096u);  // reserving stops at the segment's size limit
+      } else {
+        EXPECT_EQ(on_disk, s.size_bytes) << "sealed segment " << s.base.value;
+      }
+    }
+  }
+  auto log = OpenLog(o);
+  EXPECT_EQ(log->recovery_report().segments_scanned, 1u);  // sealed indexes still match
+  EXPECT_EQ(ReadAll(*log).size(), 100u);
+}
+
+TEST_F(LogTest, WithoutReserveTheFileEndsAtTheData) {
+  LogOptions o;
+  o.reserve_bytes = 0;
+  auto log = OpenLog(o);
+  ASSERT_TRUE(log->Append({"plain"}).ok());
+  EXPECT_EQ(std::filesystem::file_size(dir_.sub("topic/") + SegmentFileName(0)),
+            log->Segments().back().size_bytes);
+}
+
+TEST(WritableFileTest, ReserveWritesZerosPastTheDataWithoutMovingIt) {
+  testing::TempDir dir;
+  const std::string path = dir.sub("f");
+  auto file = DefaultEnv()->OpenAppendable(path);
+  ASSERT_TRUE(file.ok());
+  auto& f = **file;
+  const std::string abc = "abc";
+  ASSERT_TRUE(f.Append(std::as_bytes(std::span(abc))).ok());
+  ASSERT_TRUE(f.Reserve(100).ok());
+  EXPECT_EQ(f.Size(), 3u);
+  EXPECT_EQ(f.Reserved(), 100u);
+  EXPECT_EQ(std::filesystem::file_size(path), 103u);
+  ASSERT_TRUE(f.Reserve(40).ok());  // already there: nothing written
+  EXPECT_EQ(std::filesystem::file_size(path), 103u);
+  ASSERT_TRUE(f.Append(std::as_bytes(std::span(abc))).ok());  // lands on the zeros
+  EXPECT_EQ(f.Size(), 6u);
+  EXPECT_EQ(f.Reserved(), 97u);
+  EXPECT_EQ(std::filesystem::file_size(path), 103u);
+  EXPECT_EQ(FileBytes(path).substr(0, 7), std::string("abcabc\0", 7));
+  ASSERT_TRUE(f.Truncate(4).ok());  // the zeros go with a truncate
+  EXPECT_EQ(f.Reserved(), 0u);
+  EXPECT_EQ(std::filesystem::file_size(path), 4u);
+  ASSERT_TRUE(f.Reserve(10).ok());
+  ASSERT_TRUE(f.Close().ok());  // and with a close
+  EXPECT_EQ(FileBytes(path), "abca");
+}
+
+TEST(FaultEnvTest, DataWrittenOverSyncedZerosIsLostUntilItIsSynced) {
+  testing::TempDir dir;
+  FaultInjectionEnv env(DefaultEnv());
+  const std::string path = dir.sub("f");
+  auto file = env.OpenAppendable(path);
+  ASSERT_TRUE(file.ok());
+  ASSERT_TRUE(env.SyncDir(dir.path()).ok());
+  auto& f = **file;
+  ASSERT_TRUE(f.Reserve(4096).ok());
+  ASSERT_TRUE(f.Sync().ok());  // the zeros are durable
+  const std::string data(1500, 'd');
+  ASSERT_TRUE(f.Append(std::as_bytes(std::span(data))).ok());
+  ASSERT_TRUE(env.PowerLoss(FaultInjectionEnv::PowerLossMode::kDropUnsynced).ok());
+  std::string after = FileBytes(path);
+  EXPECT_EQ(after.size(), 4096u);
+  EXPECT_TRUE(AllZero(after));  // the write never reached the disk
+
+  ASSERT_TRUE(f.Append(std::as_bytes(std::span(data))).ok());
+  ASSERT_TRUE(f.Sync().ok());
+  ASSERT_TRUE(f.Append(std::as_bytes(std::span(data))).ok());
+  ASSERT_TRUE(env.PowerLoss(FaultInjectionEnv::PowerLossMode::kDropUnsynced).ok());
+  after = FileBytes(path);
+  // The synced append survives; the unsynced one, half on the synced zeros and half past
+  // them, is gone: zeros again, and the file its synced size.
+  ASSERT_EQ(after.size(), 4096u);
+  EXPECT_EQ(after.substr(1500, 1500), data);
+  EXPECT_TRUE(AllZero(std::string_view(after).substr(3000)));
+}
+
 }  // namespace
 }  // namespace tidepool::storage

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -24,25 +25,15 @@ Status ErrnoStatus(const std::string& context, int err) {
 class PosixWritableFile final : public WritableFile {
  public:
   PosixWritableFile(std::string path, int fd, uint64_t size)
-      : path_(std::move(path)), fd_(fd), size_(size) {}
-  ~PosixWritableFile() override {
-    if (fd_ >= 0) ::close(fd_);
-  }
+      : path_(std::move(path)), fd_(fd), size_(size), allocated_(size) {}
+  ~PosixWritableFile() override { (void)Close(); }
 
   Status Append(std::span<const std::byte> data) override {
-    const std::byte* p = data.data();
-    size_t left = data.size();
-    while (left > 0) {
-      ssize_t n = ::write(fd_, p, left);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return ErrnoStatus("write " + path_, errno);
-      }
-      p += n;
-      left -= static_cast<size_t>(n);
-      size_ += static_cast<uint64_t>(n);
-    }
-    return Status::Ok();
+    size_t written = 0;
+    Status s = WriteAt(data, size_, &written);
+    size_ += written;  // after a failure, the prefix that made it
+    allocated_ = std::max(allocated_, size_);
+    return s;
   }
 
   Status Sync() override {
@@ -54,15 +45,35 @@ class PosixWritableFile final : public WritableFile {
     if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) {
       return ErrnoStatus("ftruncate " + path_, errno);
     }
-    size_ = size;
-    if (::lseek(fd_, static_cast<off_t>(size), SEEK_SET) < 0) {
-      return ErrnoStatus("lseek " + path_, errno);
-    }
+    size_ = allocated_ = size;
     return Status::Ok();
   }
 
+  Status Reserve(uint64_t bytes) override {
+    if (allocated_ >= size_ + bytes) return Status::Ok();
+    static constexpr std::byte kZeros[64 << 10] = {};
+    const uint64_t want = size_ + bytes;
+    for (uint64_t at = allocated_; at < want;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(sizeof(kZeros), want - at));
+      size_t written = 0;
+      Status s = WriteAt(std::span(kZeros, n), at, &written);
+      if (!s.ok()) {
+        // Leave no half-written zeros behind: the file ends where it ended before.
+        (void)::ftruncate(fd_, static_cast<off_t>(allocated_));
+        return s;
+      }
+      at += n;
+    }
+    allocated_ = want;
+    return Status::Ok();
+  }
+
+  uint64_t Reserved() const override { return allocated_ - size_; }
+
   Status Close() override {
     if (fd_ < 0) return Status::Ok();
+    if (allocated_ > size_) (void)::ftruncate(fd_, static_cast<off_t>(size_));
+    allocated_ = size_;
     int rc = ::close(fd_);
     fd_ = -1;
     if (rc != 0) return ErrnoStatus("close " + path_, errno);
@@ -72,9 +83,28 @@ class PosixWritableFile final : public WritableFile {
   uint64_t Size() const override { return size_; }
 
  private:
+  Status WriteAt(std::span<const std::byte> data, uint64_t offset, size_t* written) {
+    const std::byte* p = data.data();
+    size_t left = data.size();
+    *written = 0;
+    while (left > 0) {
+      ssize_t n = ::pwrite(fd_, p, left, static_cast<off_t>(offset));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return ErrnoStatus("write " + path_, errno);
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
+      offset += static_cast<uint64_t>(n);
+      *written += static_cast<size_t>(n);
+    }
+    return Status::Ok();
+  }
+
   std::string path_;
   int fd_;
-  uint64_t size_;
+  uint64_t size_;       // end of the data
+  uint64_t allocated_;  // end of the file: the data, then reserved zeros
 };
 
 class PosixRandomAccessFile final : public RandomAccessFile {

@@ -216,7 +216,10 @@ SegmentScan ScanSegment(std::string_view data, const ScanOptions& options) {
         scan.valid_end = data.size();
         break;
       }
-      scan.torn_bytes = data.size() - group_start;
+      size_t data_end = data.size();
+      while (data_end > group_start && data[data_end - 1] == '\0') --data_end;
+      scan.torn_bytes = data_end - group_start;
+      scan.zero_tail_bytes = data.size() - data_end;
       break;
     }
     GroupHeader ng;

@@ -45,6 +45,9 @@ struct SegmentScan {
   int64_t min_timestamp = 0;  // of the records; 0 when there are none
   int64_t max_timestamp = 0;
   uint64_t torn_bytes = 0;  // bytes after valid_end that belong to a torn last group
+  // Zero bytes at the very end of the last segment, after valid_end and any torn group: space
+  // the writer had reserved ahead (LogOptions::reserve_bytes), not damage.
+  uint64_t zero_tail_bytes = 0;
   std::vector<IndexEntry> index;
   std::vector<DamagedRegion> damaged;
 };

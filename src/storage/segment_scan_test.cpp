@@ -118,7 +118,9 @@ TEST(SegmentScanTest, TruncatedTrailingRecordIsIgnored) {
     ASSERT_TRUE(s.status.ok()) << cut;
     EXPECT_EQ(s.valid_end, good) << cut;
     EXPECT_EQ(s.end_seq, 1u) << cut;
-    EXPECT_EQ(s.torn_bytes, cut - good) << cut;
+    // Zero bytes at the cut (a length's high bytes) cannot be told from reserved zeros; both
+    // are cut off alike.
+    EXPECT_EQ(s.torn_bytes + s.zero_tail_bytes, cut - good) << cut;
     EXPECT_TRUE(s.damaged.empty()) << cut;
   }
 }
@@ -137,7 +139,7 @@ TEST(SegmentScanTest, TornGroupWithSomeValidRecordsIsDroppedWhole) {
   EXPECT_EQ(s.record_count, 1u);
 }
 
-TEST(SegmentScanTest, ZeroFilledTailIsTorn) {
+TEST(SegmentScanTest, ZeroFilledTailIsReservedSpaceNotATornGroup) {
   SegmentBuilder b(0);
   b.Group({"first"});
   const size_t good = b.data().size();
@@ -145,7 +147,43 @@ TEST(SegmentScanTest, ZeroFilledTailIsTorn) {
   SegmentScan s = Scan(b.data());
   ASSERT_TRUE(s.status.ok());
   EXPECT_EQ(s.valid_end, good);
-  EXPECT_EQ(s.torn_bytes, 8192u);
+  EXPECT_EQ(s.end_seq, 1u);
+  EXPECT_EQ(s.torn_bytes, 0u);
+  EXPECT_EQ(s.zero_tail_bytes, 8192u);
+  EXPECT_TRUE(s.damaged.empty());
+}
+
+TEST(SegmentScanTest, TornGroupInReservedSpaceIsTornUpToItsLastByte) {
+  SegmentBuilder b(0);
+  b.Group({"first"});
+  const size_t good = b.data().size();
+  b.Group({"second", "third"});
+  // A crash after part of the group overwrote the reserved zeros: 7 bytes made it.
+  std::string data = b.data().substr(0, good + 7);
+  data[good + 6] = 'x';  // whatever the 7th byte was, it is not zero now
+  data.append(4096, '\0');
+  SegmentScan s = Scan(data);
+  ASSERT_TRUE(s.status.ok());
+  EXPECT_EQ(s.valid_end, good);
+  EXPECT_EQ(s.end_seq, 1u);
+  EXPECT_EQ(s.torn_bytes, 7u);
+  EXPECT_EQ(s.zero_tail_bytes, 4096u);
+}
+
+TEST(SegmentScanTest, ZerosAtTheEndOfASealedSegmentAreDamage) {
+  // Sealing drops reserved space durably before the next segment exists, so zeros there are
+  // not a reserved tail.
+  SegmentBuilder b(0);
+  b.Group({"first"});
+  const size_t good = b.data().size();
+  b.data().append(512, '\0');
+  ScanOptions o;
+  o.sealed = true;
+  SegmentScan s = ScanSegment(b.data(), o);
+  ASSERT_TRUE(s.status.ok());
+  ASSERT_EQ(s.damaged.size(), 1u);
+  EXPECT_EQ(s.damaged[0].begin, good);
+  EXPECT_EQ(s.zero_tail_bytes, 0u);
 }
 
 TEST(SegmentScanTest, ChecksumMismatchMidFileIsReportedAndSkipped) {
