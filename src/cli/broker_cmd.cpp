@@ -78,6 +78,7 @@ int ServeBroker(const char* cmd, const UpConfig& flags) {
   if (!on_nats) {
     broker::BrokerOptions options;
     options.data_dir = flags.data_dir;
+    options.log.reserve_bytes = static_cast<uint64_t>(flags.log_reserve_bytes);
     auto opened = broker::Broker::Open(options);
     if (!opened.ok()) {
       std::fprintf(stderr, "tidepool %s: %s\n", cmd, opened.status().ToString().c_str());

@@ -16,10 +16,13 @@ using storage::LogOptions;
 
 void PrintRecovery(const Log& log) {
   const auto& r = log.recovery_report();
-  std::printf("log %s: sequences [%llu, %llu), %zu segments (%zu scanned), %llu torn bytes cut\n",
-              log.dir().c_str(), static_cast<unsigned long long>(log.first_seq().value),
-              static_cast<unsigned long long>(log.next_seq().value), r.segments, r.segments_scanned,
-              static_cast<unsigned long long>(r.torn_bytes_truncated));
+  std::printf(
+      "log %s: sequences [%llu, %llu), %zu segments (%zu scanned), %llu torn bytes cut, %llu "
+      "reserved zero bytes dropped\n",
+      log.dir().c_str(), static_cast<unsigned long long>(log.first_seq().value),
+      static_cast<unsigned long long>(log.next_seq().value), r.segments, r.segments_scanned,
+      static_cast<unsigned long long>(r.torn_bytes_truncated),
+      static_cast<unsigned long long>(r.zero_tail_bytes_dropped));
   for (const auto& line : r.corruption) std::printf("  corruption: %s\n", line.c_str());
 }
 

@@ -21,7 +21,7 @@
 namespace tidepool::cli {
 namespace {
 
-enum class Kind { kString, kNumber, kCount, kSeconds, kBool, kList };
+enum class Kind { kString, kNumber, kCount, kSeconds, kBytes, kBool, kList };
 
 using Member = std::variant<std::string UpConfig::*, double UpConfig::*, int64_t UpConfig::*,
                             bool UpConfig::*, std::vector<std::string> UpConfig::*>;
@@ -47,6 +47,10 @@ const std::vector<Setting>& Settings() {
        "--admin-listen", "HOST:PORT: pools API, backlog, metrics"},
       {"broker", "stream_lifetime", Kind::kSeconds, &UpConfig::stream_lifetime_seconds,
        "--stream-lifetime", "--stream-lifetime", "DURATION: StreamingPull streams end after it"},
+      {"broker", "log_reserve", Kind::kBytes, &UpConfig::log_reserve_bytes, "--log-reserve",
+       "--log-reserve",
+       "BYTES: zero-filled space kept ahead of each topic log's end, so that an fdatasync "
+       "after an append writes no file size (0 = off)"},
       {"queue", "backend", Kind::kString, &UpConfig::queue_backend, "--queue", nullptr,
        "embedded (the broker in this process) or nats (NATS JetStream; no broker)"},
       {"queue", "nats_url", Kind::kString, &UpConfig::nats_url, "--nats", nullptr,
@@ -141,6 +145,14 @@ std::optional<std::string> Assign(const Setting& s, const std::string& text, UpC
         return "'" + text + "' is not a duration of at least 1s (like 30s, 5m, 1h)";
       }
       config->*std::get<int64_t UpConfig::*>(s.member) = d->count() / 1000;
+      return std::nullopt;
+    }
+    case Kind::kBytes: {
+      auto bytes = ParseByteSize(text);
+      if (!bytes.ok() || *bytes < 0 || *bytes > (int64_t{1} << 30)) {
+        return "'" + text + "' is not a size from 0 to 1Gi (like 256Ki, 1Mi, 0)";
+      }
+      config->*std::get<int64_t UpConfig::*>(s.member) = *bytes;
       return std::nullopt;
     }
     case Kind::kBool: {

@@ -19,6 +19,8 @@ struct UpConfig {
   std::string broker_listen = "127.0.0.1:8085";
   std::string admin_listen = "127.0.0.1:8086";
   int64_t stream_lifetime_seconds = 30 * 60;
+  // Zeros kept ahead of each topic log's end (storage::LogOptions::reserve_bytes).
+  int64_t log_reserve_bytes = 256 << 10;
   // queue (`up`): "embedded" (the broker above, in this process) or "nats" (a NATS JetStream
   // server or cluster; then `up` runs no broker and no Pub/Sub API).
   std::string queue_backend = "embedded";

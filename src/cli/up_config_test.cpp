@@ -32,10 +32,10 @@ class UpConfigTest : public ::testing::Test {
   }
 
   static constexpr const char* kVariables[] = {
-      "TIDEPOOL_CONFIG",        "TIDEPOOL_WEB_LISTEN",   "TIDEPOOL_WEB_RATE_LIMIT",
-      "TIDEPOOL_DATA_DIR",      "TIDEPOOL_APPS_FILES",   "TIDEPOOL_BROKER_STREAM_LIFETIME",
-      "TIDEPOOL_STORE_URL",     "TIDEPOOL_APPS_ENABLED", "TIDEPOOL_QUEUE_BACKEND",
-      "TIDEPOOL_QUEUE_NATS_URL"};
+      "TIDEPOOL_CONFIG",         "TIDEPOOL_WEB_LISTEN",        "TIDEPOOL_WEB_RATE_LIMIT",
+      "TIDEPOOL_DATA_DIR",       "TIDEPOOL_APPS_FILES",        "TIDEPOOL_BROKER_STREAM_LIFETIME",
+      "TIDEPOOL_STORE_URL",      "TIDEPOOL_APPS_ENABLED",      "TIDEPOOL_QUEUE_BACKEND",
+      "TIDEPOOL_QUEUE_NATS_URL", "TIDEPOOL_BROKER_LOG_RESERVE"};
   fs::path path_;
 };
 
@@ -240,9 +240,35 @@ TEST_F(UpConfigTest, TheBrokerCommandTakesOnlyItsOwnSettings) {
   EXPECT_FALSE(config.ok());
 }
 
+TEST_F(UpConfigTest, LogReserveIsASizeOfUpAndOfTheBroker) {
+  auto config = LoadUpConfig(ConfigCommand::kUp, {});
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->log_reserve_bytes, 256 << 10);
+  config = LoadUpConfig(ConfigCommand::kBroker, {"--log-reserve", "1Mi"});
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->log_reserve_bytes, 1 << 20);
+  config = LoadUpConfig(ConfigCommand::kUp, {"--config", Write("broker:\n  log_reserve: 64Ki\n")});
+  ASSERT_TRUE(config.ok()) << config.status().ToString();
+  EXPECT_EQ(config->log_reserve_bytes, 64 << 10);
+  setenv("TIDEPOOL_BROKER_LOG_RESERVE", "0", 1);
+  config = LoadUpConfig(ConfigCommand::kUp, {});
+  ASSERT_TRUE(config.ok());
+  EXPECT_EQ(config->log_reserve_bytes, 0);
+
+  for (const char* bad : {"lots", "-1", "2Gi"}) {
+    config = LoadUpConfig(ConfigCommand::kUp, {"--log-reserve", bad});
+    ASSERT_FALSE(config.ok()) << bad;
+    EXPECT_EQ(config.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(config.status().message().find("'" + std::string(bad) + "' is not a size"),
+              std::string::npos)
+        << config.status().message();
+  }
+}
+
 TEST_F(UpConfigTest, PrintedConfigReadsBackToTheSameSettings) {
-  auto config = LoadUpConfig(ConfigCommand::kUp, {"--listen", "0.0.0.0:81", "--rate-limit", "2.5",
-                                                  "--app", "a b.yaml", "--stream-lifetime", "90s"});
+  auto config = LoadUpConfig(ConfigCommand::kUp,
+                             {"--listen", "0.0.0.0:81", "--rate-limit", "2.5", "--app", "a b.yaml",
+                              "--stream-lifetime", "90s", "--log-reserve", "4Mi"});
   ASSERT_TRUE(config.ok());
   const std::string text = ConfigYaml(*config);
   auto again = LoadUpConfig(ConfigCommand::kUp, {"--config", Write(text)});
@@ -252,6 +278,7 @@ TEST_F(UpConfigTest, PrintedConfigReadsBackToTheSameSettings) {
   EXPECT_EQ(again->rate_limit, 2.5);
   EXPECT_EQ(again->app_files, (std::vector<std::string>{"a b.yaml"}));
   EXPECT_EQ(again->stream_lifetime_seconds, 90);
+  EXPECT_EQ(again->log_reserve_bytes, 4 << 20);
 }
 
 TEST_F(UpConfigTest, ApiKeysFileListsKeysByAppAndNamesBadLines) {
