@@ -53,10 +53,14 @@ std::string DescribeTrigger(const TriggerRecommendation& trigger) {
   std::string unit = trigger.kind == TriggerKind::kOldestUnackedAge ? "s" : "";
   std::string text(TriggerName(trigger.kind));
   if (!trigger.available) return text + " unavailable";
-  text += " " + FormatNumber(trigger.metric) + unit + "/" + FormatNumber(trigger.target) + unit +
-          " -> " + std::to_string(trigger.instances);
+  // Appends, not `" " + FormatNumber(...)`: GCC 12 at -O3 warns (-Wrestrict) about
+  // operator+(const char*, std::string&&), a false positive that -Werror turns into an error.
+  text.append(" ").append(FormatNumber(trigger.metric)).append(unit);
+  text.append("/").append(FormatNumber(trigger.target)).append(unit);
+  text.append(" -> ").append(std::to_string(trigger.instances));
   if (!trigger.active) {
-    text += " (not above activation " + FormatNumber(trigger.activation) + unit + ")";
+    text.append(" (not above activation ").append(FormatNumber(trigger.activation));
+    text.append(unit).append(")");
   }
   return text;
 }

@@ -54,8 +54,10 @@ Result<std::string> ResolveProgram(const std::string& program,
   std::stringstream dirs(SearchPath(env));
   std::string dir;
   while (std::getline(dirs, dir, ':')) {
-    if (dir.empty()) dir = ".";
-    std::string candidate = dir + "/" + program;
+    // Built by appends: GCC 12 at -O3 warns (-Wrestrict, a false positive) on `dir + "/"`
+    // after `dir = "."`, which -Werror turns into an error.
+    std::string candidate = dir.empty() ? std::string(".") : dir;
+    candidate.append("/").append(program);
     if (::access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return Status::NotFound("command not found in PATH: " + program);
