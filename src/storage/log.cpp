@@ -33,6 +33,10 @@ struct Log::Segment {
 
 namespace {
 
+// A group is written over reserved zeros only when this many groups of its size fit in
+// LogOptions::reserve_bytes.
+constexpr uint64_t kReservedGroupsAtLeast = 16;
+
 constexpr size_t kReadChunk = 256u << 10;
 
 std::string IndexFileName(uint64_t base_seq) {
@@ -511,8 +515,12 @@ void Log::CommitPending() {
     }
   }
 
-  if (options_.reserve_bytes > 0 && writer_->Reserved() < group_buffer_.size()) {
-    // Zeros ahead, up to the segment's size limit; a group larger than that gets its own room.
+  // Zeros ahead pay off for small groups, whose fdatasync would otherwise write the inode as
+  // well as a few KiB of data. Zeroing costs a second write of every byte, which a large group
+  // does not win back: those are appended as they are (storage_bench, docs/benchmarks.md).
+  const bool small_group = group_buffer_.size() <= options_.reserve_bytes / kReservedGroupsAtLeast;
+  if (small_group && writer_->Reserved() < group_buffer_.size()) {
+    // Up to the segment's size limit.
     const uint64_t room =
         options_.segment_max_bytes > base_offset ? options_.segment_max_bytes - base_offset : 0;
     const uint64_t want =

@@ -56,9 +56,10 @@ struct LogOptions {
   // max_group_bytes. 0: write what is queued at once (more appends queue during the fsync).
   int64_t max_group_wait_micros = 0;
   // Zero-filled space kept ahead of the active segment's end (WritableFile::Reserve), written
-  // this many bytes at a time: a group's fdatasync then writes its data and no file size, which
-  // on ext4 skips a journal commit. Dropped when the segment is sealed or the log closes;
-  // recovery drops what a crash left. 0: append to the end of the file.
+  // this many bytes at a time: a small group's fdatasync then writes its data and no file
+  // size (on ext4, no inode or journal write). Groups above 1/16 of it are appended as they
+  // are. Dropped when the segment is sealed or the log closes; recovery drops what a crash
+  // left. 0: append to the end of the file.
   uint64_t reserve_bytes = 256u << 10;
   // Refuse to open when a segment has corruption before its last group.
   bool strict_recovery = false;

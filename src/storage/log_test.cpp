@@ -558,7 +558,7 @@ TEST_F(LogTest, ACrashLeavesReservedZerosThatRecoveryDropsAsNoDamage) {
 TEST_F(LogTest, SealedSegmentsEndAtTheirLastGroupAndKeepTheirIndex) {
   LogOptions o;
   o.segment_max_bytes = 4096;
-  o.reserve_bytes = 1024;
+  o.reserve_bytes = 4096;  // groups of up to 256 bytes are written over zeros
   {
     auto log = OpenLog(o);
     for (int i = 0; i < 100; ++i) ASSERT_TRUE(log->Append({std::string(100, 'x')}).ok());
@@ -578,6 +578,18 @@ TEST_F(LogTest, SealedSegmentsEndAtTheirLastGroupAndKeepTheirIndex) {
   auto log = OpenLog(o);
   EXPECT_EQ(log->recovery_report().segments_scanned, 1u);  // sealed indexes still match
   EXPECT_EQ(ReadAll(*log).size(), 100u);
+}
+
+TEST_F(LogTest, LargeGroupsAreAppendedWithoutZerosAhead) {
+  LogOptions o;
+  o.reserve_bytes = 64 << 10;  // groups above 4 KiB: plain appends
+  auto log = OpenLog(o);
+  ASSERT_TRUE(log->Append({std::string(5000, 'L')}).ok());
+  const std::string seg = dir_.sub("topic/") + SegmentFileName(0);
+  EXPECT_EQ(std::filesystem::file_size(seg), log->Segments().back().size_bytes);
+  ASSERT_TRUE(log->Append({"small"}).ok());  // a small one reserves again
+  EXPECT_EQ(std::filesystem::file_size(seg),
+            log->Segments().back().size_bytes - RecordFrameSize(5) - kGroupFrameSize + (64u << 10));
 }
 
 TEST_F(LogTest, WithoutReserveTheFileEndsAtTheData) {
