@@ -124,12 +124,18 @@ void CheckScan(std::string_view data, const ScanOptions& options, const SegmentS
     SCAN_CHECK(scan.end_seq - base == scan.record_count + lost);
   }
   if (scan.status.ok()) {
-    // Nothing between the good prefix and the end of the file but one torn group.
-    SCAN_CHECK(scan.valid_end + scan.torn_bytes == data.size());
+    // Nothing between the good prefix and the end of the file but one torn group, then zeros
+    // (reserved space, LogOptions::reserve_bytes).
+    SCAN_CHECK(scan.valid_end + scan.torn_bytes + scan.zero_tail_bytes == data.size());
+    const std::string_view zeros = data.substr(data.size() - scan.zero_tail_bytes);
+    SCAN_CHECK(zeros.find_first_not_of('\0') == std::string_view::npos);
+    // The torn part ends at its last non-zero byte: every trailing zero is counted as reserved.
+    if (scan.torn_bytes > 0) SCAN_CHECK(data[scan.valid_end + scan.torn_bytes - 1] != '\0');
   }
   if (options.sealed) {
     // A sealed segment is never cut: damage at its end is reported, not truncated.
     SCAN_CHECK(scan.torn_bytes == 0);
+    SCAN_CHECK(scan.zero_tail_bytes == 0);
     if (scan.status.ok()) SCAN_CHECK(scan.valid_end == data.size());
   }
 
