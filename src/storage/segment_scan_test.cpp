@@ -177,9 +177,7 @@ TEST(SegmentScanTest, ZerosAtTheEndOfASealedSegmentAreDamage) {
   b.Group({"first"});
   const size_t good = b.data().size();
   b.data().append(512, '\0');
-  ScanOptions o;
-  o.sealed = true;
-  SegmentScan s = ScanSegment(b.data(), o);
+  SegmentScan s = Scan(b.data(), 0, /*strict=*/false, /*sealed=*/true);
   ASSERT_TRUE(s.status.ok());
   ASSERT_EQ(s.damaged.size(), 1u);
   EXPECT_EQ(s.damaged[0].begin, good);
