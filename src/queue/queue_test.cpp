@@ -463,7 +463,14 @@ TEST_P(QueueTest, ExtendLeaseKeepsAMessageLeased) {
   Advance(30);  // past the original 10 s deadline
   EXPECT_EQ(inbox.WaitFor(2, Quiet()), 1u) << "redelivered despite the extended lease";
   Advance(31);  // past the extended one
-  EXPECT_EQ(inbox.WaitFor(2), 2u);
+  const size_t deliveries = inbox.WaitFor(2);
+  if (nats()) {
+    // Real time: by the time this looks, the redelivery's own 10 s lease may have run out too
+    // and brought a third.
+    EXPECT_GE(deliveries, 2u);
+  } else {
+    EXPECT_EQ(deliveries, 2u);
+  }
   stream->Close();
 }
 
