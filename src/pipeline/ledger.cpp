@@ -5,6 +5,8 @@
 #include <chrono>
 #include <filesystem>
 
+#include "common/sqlite_page_cache.h"
+
 namespace tidepool::pipeline {
 
 Result<std::optional<LedgerEntry>> MemoryLedger::Lookup(const std::string& request_id) {
@@ -92,6 +94,7 @@ Result<std::unique_ptr<SqliteLedger>> SqliteLedger::Open(const std::string& path
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
   auto impl = std::make_unique<Impl>();
   impl->keep_seconds = keep_seconds;
+  InstallSqlitePageCache();  // before SQLite's first open in the process
   if (sqlite3_open_v2(path.c_str(), &impl->db,
                       SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {

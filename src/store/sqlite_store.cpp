@@ -23,6 +23,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/sqlite_page_cache.h"
 #include "common/thread_name.h"
 #include "store/engine.h"
 #include "store/migrations.h"
@@ -527,6 +528,8 @@ class SqliteStore final : public Store {
   // store's own mutexes serialize every use of a connection. `purpose` goes into the error.
   static Status OpenConnection(const std::string& path, int extra_flags, std::string_view purpose,
                                std::unique_ptr<sqlite3, DbCloser>* out) {
+    // Before SQLite's first open in the process: a commit then skips walking the page cache.
+    InstallSqlitePageCache();
     sqlite3* db = nullptr;
     const int rc = sqlite3_open_v2(
         path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | extra_flags, nullptr);
