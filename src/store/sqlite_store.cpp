@@ -40,6 +40,11 @@ constexpr std::chrono::milliseconds kBusyTimeout{5'000};
 constexpr std::chrono::milliseconds kBusyRetryPause{10};
 // Writes committed together at most: bounds the time the first of them waits for the last.
 constexpr size_t kMaxGroup = 256;
+// How long a write that may wait (marks of published messages) waits for other writes to
+// commit with, before it commits on its own. Under load it rides along with the next group at
+// once and costs no commit, no fsync and no wake-up of its own (at 1,000 POSTs/s the marks
+// took 4 commits in 10).
+constexpr std::chrono::milliseconds kDeferredWriteWait{50};
 // Connections that read, so that concurrent reads (history, conversations) do not queue for one.
 constexpr int kReaders = 4;
 
@@ -458,9 +463,11 @@ class SqliteStore final : public Store {
 
   bool WritesInBackground() const override { return true; }
 
+  // May wait up to kDeferredWriteWait for other writes: a mark not yet committed costs at most
+  // a second publish, by the sweeper, after a crash.
   Result<int64_t> MarkAllPublished(const std::vector<std::string>& message_ids) override {
     for (const auto& id : message_ids) TP_RETURN_IF_ERROR(internal::CheckId("message id", id));
-    return Write([&](SqliteTransaction&) -> Result<int64_t> {
+    return Write(WriteWait::kMayWait, [&](SqliteTransaction&) -> Result<int64_t> {
       int64_t marked = 0;
       for (const auto& id : message_ids) {
         Run run(db(), statements_.mark_published, "mark published");
@@ -619,10 +626,18 @@ class SqliteStore final : public Store {
     std::condition_variable cv;
   };
 
+  // Whether a write commits with the next group the writing thread can start, or may wait for
+  // other writes to share a commit with (kDeferredWriteWait).
+  enum class WriteWait { kNone, kMayWait };
+
   // Runs `steps` in a write transaction, committed (fsync'd) with the writes queued beside it;
   // returns once it is durable, or failed.
   template <typename Steps>
   auto Write(Steps&& steps) -> decltype(steps(std::declval<SqliteTransaction&>())) {
+    return Write(WriteWait::kNone, std::forward<Steps>(steps));
+  }
+  template <typename Steps>
+  auto Write(WriteWait wait, Steps&& steps) -> decltype(steps(std::declval<SqliteTransaction&>())) {
     using R = decltype(steps(std::declval<SqliteTransaction&>()));
     std::optional<R> result;
     PendingWrite write;
@@ -636,8 +651,18 @@ class SqliteStore final : public Store {
     };
     std::unique_lock lock(queue_mu_);
     if (writes_closed_) return R(Status::Unavailable("sqlite: the store is closing"));
-    queue_.push_back(&write);
-    queue_cv_.notify_one();
+    if (wait == WriteWait::kMayWait) {
+      // The writing thread learns of it when it next looks at its queues; it is woken only
+      // when it sleeps with no deadline (nothing deferred before this one).
+      if (deferred_.empty()) {
+        deferred_since_ = std::chrono::steady_clock::now();
+        queue_cv_.notify_one();
+      }
+      deferred_.push_back(&write);
+    } else {
+      queue_.push_back(&write);
+      queue_cv_.notify_one();
+    }
     write.cv.wait(lock, [&] { return write.done; });
     lock.unlock();
     if (!write.status.ok() || !result) return R(write.status);
@@ -659,16 +684,28 @@ class SqliteStore final : public Store {
   }
 
   // The writing thread: every write queued while the last group committed goes into the next
-  // one, one transaction and one fsync for all of them (up to kMaxGroup). A thread of its own,
-  // not the first caller in line, so that callers need not wait for their turn on a thread.
+  // one, one transaction and one fsync for all of them (up to kMaxGroup), with every deferred
+  // write. A thread of its own, not the first caller in line, so that callers need not wait for
+  // their turn on a thread.
   void WriteLoop() {
     std::unique_lock lock(queue_mu_);
     for (;;) {
-      queue_cv_.wait(lock, [this] { return writes_closed_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // closed, and nothing left to write
+      // Until a write that does not wait is queued, the store closes, or the oldest deferred
+      // write has waited long enough.
+      while (queue_.empty() && !writes_closed_) {
+        if (deferred_.empty()) {
+          queue_cv_.wait(lock);
+        } else if (queue_cv_.wait_until(lock, deferred_since_ + kDeferredWriteWait) ==
+                   std::cv_status::timeout) {
+          break;
+        }
+      }
+      if (queue_.empty() && deferred_.empty()) return;  // closed, and nothing left to write
       const size_t n = std::min(queue_.size(), kMaxGroup);
       std::vector<PendingWrite*> group(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
       queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
+      group.insert(group.end(), deferred_.begin(), deferred_.end());
+      deferred_.clear();
       lock.unlock();
       CommitGroup(group);
       std::vector<PendingWrite*> waiting;  // Write's callers; the queue owns the others
@@ -866,6 +903,9 @@ class SqliteStore final : public Store {
   std::mutex queue_mu_;  // the writing thread's queue
   std::condition_variable queue_cv_;
   std::deque<PendingWrite*> queue_;
+  // Writes that may wait (WriteWait::kMayWait), and when the oldest of them was queued.
+  std::vector<PendingWrite*> deferred_;
+  std::chrono::steady_clock::time_point deferred_since_;
   bool writes_closed_ = false;
   std::mutex mu_;  // the writing connection: every statement on it runs under it
   std::unique_ptr<sqlite3, DbCloser> db_;

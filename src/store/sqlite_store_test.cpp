@@ -307,6 +307,46 @@ TEST(SqliteStoreTest, TheWalIsCheckpointedInTheBackgroundAndStaysBounded) {
       << "the WAL grew past the writer's checkpoint";
 }
 
+// Marks may wait for other writes to share a commit with: marks sent beside a stream of POSTs
+// and marks sent alone are all committed, and are on disk for the next process to open the file.
+TEST(SqliteStoreTest, MarksWaitingForACommitAreAllWritten) {
+  constexpr int kMessages = 60;
+  SqliteBackend backend;
+  {
+    auto store = backend.Open();
+    ASSERT_TRUE(store.ok()) << store.status().ToString();
+    ASSERT_TRUE((*store)->CreateConversation(Conversation{"c1", "scent", 0}).ok());
+    for (int i = 0; i < kMessages; ++i) {
+      ASSERT_TRUE(
+          (*store)->AddUserMessage(UserMessage("c1", "m" + std::to_string(i), "hi"), "").ok());
+    }
+    // Half the marks while another thread posts (they ride along), half alone after it.
+    std::thread poster([&] {
+      for (int i = 0; i < kMessages; ++i) {
+        EXPECT_TRUE(
+            (*store)->AddUserMessage(UserMessage("c1", "p" + std::to_string(i), "hi"), "").ok());
+      }
+    });
+    for (int i = 0; i < kMessages / 2; ++i) {
+      auto marked = (*store)->MarkAllPublished({"m" + std::to_string(i)});
+      ASSERT_TRUE(marked.ok()) << marked.status().ToString();
+      EXPECT_EQ(*marked, 1);
+    }
+    poster.join();
+    for (int i = kMessages / 2; i < kMessages; ++i) {
+      auto marked = (*store)->MarkAllPublished({"m" + std::to_string(i)});
+      ASSERT_TRUE(marked.ok()) << marked.status().ToString();
+      EXPECT_EQ(*marked, 1);
+    }
+  }
+  auto left = backend.Query("SELECT id FROM unpublished WHERE id LIKE 'm%'");
+  ASSERT_TRUE(left.ok()) << left.status().ToString();
+  EXPECT_TRUE(left->empty()) << left->size() << " marks were not written";
+  auto posts = backend.Query("SELECT COUNT(*) FROM unpublished WHERE id LIKE 'p%'");
+  ASSERT_TRUE(posts.ok()) << posts.status().ToString();
+  EXPECT_EQ(posts->at(0).at(0), std::to_string(kMessages));
+}
+
 // Two processes (two web instances on one machine) write one file at once: seqs stay
 // consecutive, one idempotency key stores one message, one request gets one reply.
 TEST(SqliteStoreTest, TwoProcessesShareOneFile) {

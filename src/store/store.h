@@ -118,7 +118,9 @@ class Store {
   // NOT_FOUND when no user message has that id; marking a message twice is fine.
   Status MarkPublished(const std::string& message_id);
   // Marks many in one write: the web tier gathers the marks of concurrent POSTs. Ids that name
-  // no user message are skipped; returns how many were marked.
+  // no user message are skipped; returns how many were marked. An engine may hold the write
+  // back a little to commit it with others (SQLite: up to 50 ms): an unmarked message only
+  // costs a second publish by the sweeper.
   virtual Result<int64_t> MarkAllPublished(const std::vector<std::string>& message_ids) = 0;
   // User messages not marked published, oldest first, created before `before_micros`.
   // Like History, at most `limit` (> 0) messages.
