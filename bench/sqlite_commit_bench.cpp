@@ -8,7 +8,8 @@
 //   sqlite_commit_bench --page-cache stock|wrapped [--dir DIR] [--rows N] [--commits N]
 //                       [--cache-mib N] [--sync off|full]
 //
-// Prints one line: page_cache, rows, commits, cpu_us_per_commit, wall_us_per_commit.
+// Prints one line: page_cache, rows, pages (the file's, before the measured commits), commits,
+// cpu_us_per_commit, wall_us_per_commit.
 #include <sqlite3.h>
 #include <time.h>
 #include <unistd.h>
@@ -168,6 +169,14 @@ int main(int argc, char** argv) {
     }
     Exec(db, "PRAGMA wal_checkpoint(TRUNCATE)");
   }
+  long pages = 0;
+  {
+    sqlite3_stmt* count = nullptr;
+    Check(db, sqlite3_prepare_v2(db, "PRAGMA page_count", -1, &count, nullptr), "page_count");
+    if (sqlite3_step(count) == SQLITE_ROW)
+      pages = static_cast<long>(sqlite3_column_int64(count, 0));
+    sqlite3_finalize(count);
+  }
   Inserter inserter(db, 2);  // other keys than the preload's
   const double cpu_start = ThreadCpuMicros();
   const auto wall_start = std::chrono::steady_clock::now();
@@ -185,9 +194,9 @@ int main(int argc, char** argv) {
     std::filesystem::remove(path.string() + suffix);
   }
   std::printf(
-      "page_cache=%s rows=%ld commits=%ld cache_mib=%ld sync=%s cpu_us_per_commit=%.1f "
+      "page_cache=%s rows=%ld pages=%ld commits=%ld cache_mib=%ld sync=%s cpu_us_per_commit=%.1f "
       "wall_us_per_commit=%.1f\n",
-      options.page_cache.c_str(), options.rows, options.commits, options.cache_mib,
+      options.page_cache.c_str(), options.rows, pages, options.commits, options.cache_mib,
       options.sync.c_str(), cpu / static_cast<double>(options.commits),
       wall / static_cast<double>(options.commits));
   return 0;
