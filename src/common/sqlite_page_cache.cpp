@@ -48,13 +48,19 @@ struct WrappedCache {
   }
   // After the inner cache dropped every page with a key >= limit.
   void Truncated(unsigned limit) {
+    if (moved_overflow) {
+      // Untracked moved keys below the limit may remain: the limit is the only bound known.
+      max_created = limit - 1;
+      moved_count = 0;
+      moved_overflow = false;
+      return;
+    }
     max_created = std::min(max_created, limit - 1);
     size_t kept = 0;
     for (size_t i = 0; i < moved_count; ++i) {
       if (moved[i] < limit) moved[kept++] = moved[i];
     }
     moved_count = kept;
-    moved_overflow = false;
   }
 };
 

@@ -129,6 +129,19 @@ TEST_F(WrappedPageCacheTest, TooManyFarKeysMakeEveryTruncationGoThrough) {
   EXPECT_EQ(Inner().truncations.size(), 1u);
 }
 
+// After a truncation that went through because the far keys ran out of slots, the untracked
+// far keys below its limit are still bounded: the next truncation below them goes through.
+TEST_F(WrappedPageCacheTest, FarKeysLeftUntrackedStayBoundedAfterATruncation) {
+  for (unsigned key = 1; key <= 20; ++key) Create(key);
+  for (unsigned key = 1; key <= 12; ++key) Move(key, 1000 + key);  // 1009 to 1012 untracked
+  methods_.xTruncate(cache_, 1010);
+  EXPECT_EQ(Inner().pages.count(1010), 0u);
+  ASSERT_EQ(Inner().pages.count(1009), 1u);
+  methods_.xTruncate(cache_, 1009);
+  EXPECT_EQ(Inner().pages.count(1009), 0u) << "a page past the limit was left in the cache";
+  EXPECT_EQ(Inner().truncations, (std::vector<unsigned>{1010, 1009}));
+}
+
 TEST_F(WrappedPageCacheTest, OtherMethodsReachTheCache) {
   Create(1);
   Create(2);
