@@ -146,21 +146,19 @@ namespace internal {
 
 sqlite3_pcache_methods2 WrapPageCache(const sqlite3_pcache_methods2* inner) {
   g_inner = inner;
-  sqlite3_pcache_methods2 methods{};
-  methods.iVersion = 1;
-  methods.pArg = nullptr;
-  methods.xInit = Init;
-  methods.xShutdown = Shutdown;
-  methods.xCreate = Create;
-  methods.xCachesize = Cachesize;
-  methods.xPagecount = Pagecount;
-  methods.xFetch = Fetch;
-  methods.xUnpin = Unpin;
-  methods.xRekey = Rekey;
-  methods.xTruncate = Truncate;
-  methods.xDestroy = Destroy;
-  methods.xShrink = Shrink;
-  return methods;
+  return sqlite3_pcache_methods2{.iVersion = 1,
+                                 .pArg = nullptr,
+                                 .xInit = Init,
+                                 .xShutdown = Shutdown,
+                                 .xCreate = Create,
+                                 .xCachesize = Cachesize,
+                                 .xPagecount = Pagecount,
+                                 .xFetch = Fetch,
+                                 .xUnpin = Unpin,
+                                 .xRekey = Rekey,
+                                 .xTruncate = Truncate,
+                                 .xDestroy = Destroy,
+                                 .xShrink = Shrink};
 }
 
 }  // namespace internal
@@ -175,10 +173,6 @@ bool InstallSqlitePageCache() {
     if (sqlite3_config(SQLITE_CONFIG_PCACHE2, &wrapper) != SQLITE_OK) return;
     g_installed.store(true);
   });
-  return g_installed.load();
-}
-
-bool SqlitePageCacheInstalled() {
   return g_installed.load();
 }
 

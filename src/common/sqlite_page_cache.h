@@ -24,9 +24,6 @@ namespace tidepool {
 // returns false, and SQLite keeps its own cache, which is only slower. Thread-safe.
 bool InstallSqlitePageCache();
 
-// True once InstallSqlitePageCache has installed the wrapper.
-bool SqlitePageCacheInstalled();
-
 namespace internal {
 
 // The wrapper's methods around `inner`, which must outlive every cache created through them.
