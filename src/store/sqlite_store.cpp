@@ -499,6 +499,34 @@ class SqliteStore final : public Store {
         [&](SqliteTransaction& tx) { return internal::AddReplySteps(tx, std::move(prepared)); });
   }
 
+  // Queued without waiting and without a commit of its own: the reply waits up to
+  // kDeferredWriteWait to share one with the POSTs or replies around it, so that under a stream
+  // of replies the writing thread is free when a POST comes. `done` runs once it is committed.
+  void AddReplyAsync(const StoredMessage& reply, std::function<void(Result<bool>)> done) override {
+    Result<StoredMessage> prepared = internal::PrepareReply(reply);
+    if (!prepared.ok()) {
+      if (done) done(prepared.status());
+      return;
+    }
+    auto write = std::make_unique<PendingWrite>();
+    auto result = std::make_shared<std::optional<Result<bool>>>();
+    write->apply = [message = std::move(prepared).value(),
+                    result](SqliteTransaction& tx) mutable -> Status {
+      result->emplace(internal::AddReplySteps(tx, std::move(message)));
+      return (*result)->status();
+    };
+    // An ok status means the steps ran and succeeded: `result` holds whether this stored it.
+    write->finish = [result, done = std::move(done)](const Status& status) {
+      if (!done) return;
+      if (!status.ok()) {
+        done(status);
+        return;
+      }
+      done(std::move(**result));
+    };
+    Enqueue(write.release(), WriteWait::kMayWait);
+  }
+
   Result<std::vector<StoredMessage>> History(const std::string& conversation_id,
                                              int limit) override {
     TP_RETURN_IF_ERROR(internal::CheckId("conversation id", conversation_id));
@@ -651,31 +679,37 @@ class SqliteStore final : public Store {
     };
     std::unique_lock lock(queue_mu_);
     if (writes_closed_) return R(Status::Unavailable("sqlite: the store is closing"));
-    if (wait == WriteWait::kMayWait) {
-      // The writing thread learns of it when it next looks at its queues; it is woken only
-      // when it sleeps with no deadline (nothing deferred before this one).
-      if (deferred_.empty()) {
-        deferred_since_ = std::chrono::steady_clock::now();
-        queue_cv_.notify_one();
-      }
-      deferred_.push_back(&write);
-    } else {
-      queue_.push_back(&write);
-      queue_cv_.notify_one();
-    }
+    QueueLocked(&write, wait);
     write.cv.wait(lock, [&] { return write.done; });
     lock.unlock();
     if (!write.status.ok() || !result) return R(write.status);
     return std::move(*result);
   }
 
+  // REQUIRES: queue_mu_ held, writes not closed.
+  void QueueLocked(PendingWrite* write, WriteWait wait) {
+    if (wait == WriteWait::kNone) {
+      queue_.push_back(write);
+      queue_cv_.notify_one();
+      return;
+    }
+    // The writing thread learns of it when it next looks at its queues; it is woken only when
+    // it sleeps with no deadline (nothing deferred before this one), or when a group's worth
+    // is waiting.
+    if (deferred_.empty()) {
+      deferred_since_ = std::chrono::steady_clock::now();
+      queue_cv_.notify_one();
+    }
+    deferred_.push_back(write);
+    if (deferred_.size() == kMaxGroup) queue_cv_.notify_one();
+  }
+
   // Queues a write that the queue owns (finish set).
-  void Enqueue(PendingWrite* write) {
+  void Enqueue(PendingWrite* write, WriteWait wait = WriteWait::kNone) {
     {
       std::lock_guard lock(queue_mu_);
       if (!writes_closed_) {
-        queue_.push_back(write);
-        queue_cv_.notify_one();
+        QueueLocked(write, wait);
         return;
       }
     }
@@ -690,9 +724,9 @@ class SqliteStore final : public Store {
   void WriteLoop() {
     std::unique_lock lock(queue_mu_);
     for (;;) {
-      // Until a write that does not wait is queued, the store closes, or the oldest deferred
-      // write has waited long enough.
-      while (queue_.empty() && !writes_closed_) {
+      // Until a write that does not wait is queued, the store closes, the oldest deferred
+      // write has waited long enough, or a group's worth of them waits.
+      while (queue_.empty() && !writes_closed_ && deferred_.size() < kMaxGroup) {
         if (deferred_.empty()) {
           queue_cv_.wait(lock);
         } else if (queue_cv_.wait_until(lock, deferred_since_ + kDeferredWriteWait) ==
@@ -704,8 +738,10 @@ class SqliteStore final : public Store {
       const size_t n = std::min(queue_.size(), kMaxGroup);
       std::vector<PendingWrite*> group(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
       queue_.erase(queue_.begin(), queue_.begin() + static_cast<ptrdiff_t>(n));
-      group.insert(group.end(), deferred_.begin(), deferred_.end());
-      deferred_.clear();
+      // Deferred writes left over are overdue: the next group takes them at once.
+      const auto deferred = static_cast<ptrdiff_t>(std::min(deferred_.size(), kMaxGroup));
+      group.insert(group.end(), deferred_.begin(), deferred_.begin() + deferred);
+      deferred_.erase(deferred_.begin(), deferred_.begin() + deferred);
       lock.unlock();
       CommitGroup(group);
       std::vector<PendingWrite*> waiting;  // Write's callers; the queue owns the others

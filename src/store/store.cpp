@@ -47,6 +47,11 @@ void Store::PostUserMessageAsync(const std::string& app, const StoredMessage& me
   if (callbacks.done) callbacks.done(std::move(added));
 }
 
+void Store::AddReplyAsync(const StoredMessage& reply, std::function<void(Result<bool>)> done) {
+  Result<bool> stored = AddReply(reply);
+  if (done) done(std::move(stored));
+}
+
 Status Store::MarkPublished(const std::string& message_id) {
   TP_ASSIGN_OR_RETURN(const int64_t marked, MarkAllPublished({message_id}));
   if (marked == 0) return Status::NotFound("store: no user message " + message_id);

@@ -15,8 +15,8 @@
 //   (its reply is not stored either: AddReply finds no user message).
 //
 // Thread-safety: every method may be called from any thread; calls block (disk or network), so
-// the web tier runs them off its I/O threads. PostUserMessageAsync does not block when
-// WritesInBackground().
+// the web tier runs them off its I/O threads. PostUserMessageAsync and AddReplyAsync do not
+// block when WritesInBackground().
 #pragma once
 
 #include <cstddef>
@@ -131,6 +131,11 @@ class Store {
   // created_micros are assigned when 0. NOT_FOUND when the conversation, or the user message
   // `request_id` in it, is unknown.
   virtual Result<bool> AddReply(const StoredMessage& reply) = 0;
+  // AddReply reporting through `done`, which runs exactly once. An engine that writes on a
+  // thread of its own (WritesInBackground) returns at once, may hold the write back a little
+  // to commit it with others (SQLite: up to 50 ms), and calls `done` from that thread once the
+  // reply is durable or failed; the default blocks the caller and calls AddReply.
+  virtual void AddReplyAsync(const StoredMessage& reply, std::function<void(Result<bool>)> done);
 
   // The conversation's messages in order (seq ascending); at most `limit`, the latest ones.
   // INVALID_ARGUMENT when limit <= 0; NOT_FOUND for an unknown conversation.

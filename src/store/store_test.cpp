@@ -432,6 +432,107 @@ TEST_P(StoreTest, ReplyToWhatIsNotThereIsNotFound) {
   EXPECT_EQ(CodeOf(to_a_reply), StatusCode::kNotFound);
 }
 
+// AddReplyAsync keeps AddReply's answers: stored once, then false; NOT_FOUND and
+// INVALID_ARGUMENT through `done`. Queued alone, with no other write to share a commit with, a
+// reply is still committed and reported.
+TEST_P(StoreTest, AddReplyAsyncReportsWhatAddReplyWould) {
+  ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
+  ASSERT_TRUE(IsOk(store_->AddUserMessage(UserMessage("c1", "m1", "hi"), "")));
+  auto add = [this](const StoredMessage& reply) {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<Result<bool>> answer;
+    int calls = 0;
+    store_->AddReplyAsync(reply, [&](Result<bool> stored) {
+      std::lock_guard lock(mu);
+      ++calls;
+      answer.emplace(std::move(stored));
+      cv.notify_all();
+    });
+    std::unique_lock lock(mu);
+    const bool answered =
+        cv.wait_for(lock, std::chrono::seconds(10), [&] { return answer.has_value(); });
+    EXPECT_TRUE(answered) << "no answer within 10 s";
+    EXPECT_LE(calls, 1);
+    return answered ? *answer : Result<bool>(Status::Internal("no answer"));
+  };
+  StoredMessage first = Reply("c1", "m1", "Try vetiver.");
+  first.cards_json = R"({"recommendations":{"results":[]}})";
+  auto stored = add(first);
+  ASSERT_TRUE(IsOk(stored));
+  EXPECT_TRUE(*stored);
+  auto again = add(Reply("c1", "m1", "Try oud."));
+  ASSERT_TRUE(IsOk(again));
+  EXPECT_FALSE(*again);
+  EXPECT_EQ(CodeOf(add(Reply("c1", "m9", "?"))), StatusCode::kNotFound);
+  EXPECT_EQ(CodeOf(add(Reply("c1", "m1", "hi", Role::kUser))), StatusCode::kInvalidArgument);
+
+  auto history = store_->History("c1", 10);
+  ASSERT_TRUE(IsOk(history));
+  ASSERT_EQ(history->size(), 2u);
+  EXPECT_EQ((*history)[1].text, "Try vetiver.");
+  EXPECT_EQ((*history)[1].cards_json, first.cards_json);
+}
+
+// Replies queued from many threads (more than one group's worth, some of them twice) beside
+// POSTs, then the store closes at once: every call hears `done` exactly once, each request has
+// exactly one reply reported stored, and the reopened database holds exactly those.
+TEST_P(StoreTest, AddReplyAsyncAnswersEveryCallAcrossClose) {
+  ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
+  constexpr int kRequests = 300;
+  for (int r = 0; r < kRequests; ++r) {
+    ASSERT_TRUE(IsOk(store_->AddUserMessage(UserMessage("c1", "m" + std::to_string(r), "q"), "")));
+  }
+  constexpr int kThreads = 3;
+  std::mutex mu;
+  std::map<std::string, int> done_calls;  // by "REQUEST#THREAD"
+  std::map<std::string, int> stored;      // by request: how many calls were told "stored"
+  int failures = 0;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    // Thread 0 replies to every request, the others to every second one: duplicates race.
+    threads.emplace_back([&, t] {
+      for (int r = 0; r < kRequests; r += t == 0 ? 1 : 2) {
+        const std::string request = "m" + std::to_string(r);
+        const std::string call = request + "#" + std::to_string(t);
+        store_->AddReplyAsync(Reply("c1", request, "a" + std::to_string(t)),
+                              [&, request, call](Result<bool> result) {
+                                std::lock_guard lock(mu);
+                                ++done_calls[call];
+                                if (!result.ok()) {
+                                  ++failures;
+                                } else if (*result) {
+                                  ++stored[request];
+                                }
+                              });
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < 50; ++i) {
+      PostCallbacks callbacks;
+      store_->PostUserMessageAsync("scent-advisor", UserMessage("c1", "p" + std::to_string(i), "x"),
+                                   "", 1, std::move(callbacks));
+    }
+  });
+  for (auto& thread : threads) thread.join();
+  store_.reset();  // waits for the writes queued so far
+  std::lock_guard lock(mu);
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(done_calls.size(), static_cast<size_t>(kRequests + (kThreads - 1) * kRequests / 2));
+  for (const auto& [call, calls] : done_calls) EXPECT_EQ(calls, 1) << call;
+  EXPECT_EQ(stored.size(), static_cast<size_t>(kRequests));
+  for (const auto& [request, count] : stored) EXPECT_EQ(count, 1) << request;
+  auto reopened = backend_->Open();
+  ASSERT_TRUE(IsOk(reopened));
+  auto history = (*reopened)->History("c1", 3 * kRequests);
+  ASSERT_TRUE(IsOk(history));
+  size_t replies = 0;
+  for (const auto& message : *history) replies += message.role == Role::kAssistant ? 1 : 0;
+  EXPECT_EQ(replies, static_cast<size_t>(kRequests));
+  EXPECT_EQ(history->size(), static_cast<size_t>(2 * kRequests + 50));
+}
+
 TEST_P(StoreTest, RolesMustMatchTheCall) {
   ASSERT_TRUE(IsOk(store_->CreateConversation(MakeConversation("c1"))));
   StoredMessage not_user = UserMessage("c1", "m1", "hi");

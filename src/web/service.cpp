@@ -211,8 +211,9 @@ struct WebService::Impl {
   // thread switch cost more than the larger groups saved.
   static constexpr size_t kStoreThreads = 32;
   asio::thread_pool blocking{kStoreThreads};
-  // Final replies are stored on their own threads: under load thousands of them arrive at
-  // once, and in `blocking`'s FIFO queue they would hold up the POSTs behind them.
+  // Final replies are stored on their own threads when the store does not write in the
+  // background (PostgreSQL): under load thousands of them arrive at once, and in `blocking`'s
+  // FIFO queue they would hold up the POSTs behind them.
   static constexpr size_t kReplyThreads = 4;
   // Builds POSTs' requests and hands them to the publishers, beside the store's commit.
   asio::thread_pool publishing{1};
@@ -221,6 +222,8 @@ struct WebService::Impl {
   std::mutex posts_mu;
   std::condition_variable posts_cv;
   int posts_in_store = 0;
+  int replies_in_store = 0;     // replies handed to a store that writes in the background
+  bool replies_closed = false;  // Stop waits for those: no more are handed over
   asio::thread_pool replies{kReplyThreads};
   Impl() {
     NameThreads(blocking, kStoreThreads, "web-store");
@@ -676,18 +679,39 @@ struct WebService::Impl {
         reply.cards_json = json::serialize(*cards);
       }
       reply.created_micros = NowMicros();
-      asio::post(replies, [this, reply, ack = d.ack_id, &source] {
-        auto stored = store->AddReply(reply);
-        if (stored.ok() || stored.status().code() == StatusCode::kNotFound ||
-            stored.status().code() == StatusCode::kInvalidArgument) {
-          if (stored.ok() && *stored) Count(&WebStats::replies_stored);
-          if (source) source->Ack({ack}, nullptr);
-        } else if (source) {
-          source->Nack({ack}, std::chrono::seconds(1), nullptr);  // the store is down: later
-        }
+      if (!store->WritesInBackground()) {
+        asio::post(replies, [this, reply, ack = d.ack_id, &source] {
+          FinishReply(store->AddReply(reply), ack, source);
+        });
+        continue;
+      }
+      // The store's own thread commits it, with the POSTs around it (not a commit of its own
+      // that a POST would queue behind), and calls back from there.
+      {
+        std::lock_guard lock(posts_mu);
+        if (replies_closed) continue;  // stopping: not acked, so delivered again later
+        ++replies_in_store;
+      }
+      store->AddReplyAsync(reply, [this, ack = d.ack_id, &source](Result<bool> stored) {
+        FinishReply(stored, ack, source);
+        std::lock_guard lock(posts_mu);
+        if (--replies_in_store == 0) posts_cv.notify_all();
       });
     }
     if (!ack_now.empty() && source) source->Ack(std::move(ack_now), nullptr);
+  }
+
+  // A final reply is acked once stored, or once it can never be (no such conversation or user
+  // message, a reply the store refuses); while the store is down it comes back later.
+  void FinishReply(const Result<bool>& stored, const std::string& ack,
+                   const std::unique_ptr<queue::MessageStream>& source) {
+    if (stored.ok() || stored.status().code() == StatusCode::kNotFound ||
+        stored.status().code() == StatusCode::kInvalidArgument) {
+      if (stored.ok() && *stored) Count(&WebStats::replies_stored);
+      if (source) source->Ack({ack}, nullptr);
+    } else if (source) {
+      source->Nack({ack}, std::chrono::seconds(1), nullptr);
+    }
   }
 
   Result<std::unique_ptr<queue::MessageStream>> SubscribeEvents(const std::string& name,
@@ -985,6 +1009,11 @@ void WebService::Stop(std::chrono::milliseconds grace) {
   s.marks_cv.notify_all();
   if (s.marker.joinable()) s.marker.join();  // what is queued is written first
   s.replies.join();                          // replies being stored are stored and acked
+  {
+    std::unique_lock lock(s.posts_mu);
+    s.replies_closed = true;
+    s.posts_cv.wait(lock, [&s] { return s.replies_in_store == 0; });
+  }
   if (s.events) s.events->Close();
   if (s.replies_stream) s.replies_stream->Close();
   s.publishers.clear();  // flushes
