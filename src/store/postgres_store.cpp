@@ -20,10 +20,12 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -500,18 +502,35 @@ class PostgresStore final : public Store {
         [&](PgTransaction& tx) { return internal::AddReplySteps(tx, std::move(prepared)); });
   }
 
+  // What a POST does, in one transaction: the conversation's check, the message's steps and the
+  // history read (which sees the message), then `written`, then COMMIT. The caller's publish
+  // thus runs beside the commit's round trip and WAL flush, as with SQLite. Blocks the caller.
+  void PostUserMessageAsync(const std::string& app, const StoredMessage& message,
+                            const std::string& idempotency_key, int history_limit,
+                            PostCallbacks callbacks) override {
+    Result<AddResult> posted =
+        Post(app, message, idempotency_key, history_limit, callbacks.written);
+    if (callbacks.done) callbacks.done(std::move(posted));
+  }
+
+  Result<PostedMessage> PostUserMessage(const std::string& app, const StoredMessage& message,
+                                        const std::string& idempotency_key,
+                                        int history_limit) override {
+    PostedMessage posted;
+    TP_RETURN_IF_ERROR(
+        Post(app, message, idempotency_key, history_limit, [&posted](PostedMessage written) {
+          posted = std::move(written);
+        }).status());
+    return posted;
+  }
+
   Result<std::vector<StoredMessage>> History(const std::string& conversation_id,
                                              int limit) override {
     TP_RETURN_IF_ERROR(internal::CheckId("conversation id", conversation_id));
     TP_RETURN_IF_ERROR(internal::CheckLimit(limit));
     TP_ASSIGN_OR_RETURN(Lease lease, pool_.Checkout());
-    TP_ASSIGN_OR_RETURN(
-        const PgResult result,
-        lease.Execute("read history",
-                      "SELECT " TP_MESSAGE_COLUMNS " FROM messages WHERE conversation_id = $1 "
-                      "ORDER BY seq DESC LIMIT $2",
-                      Params().Text(conversation_id).Int(limit)));
-    TP_ASSIGN_OR_RETURN(std::vector<StoredMessage> messages, ReadMessages(result.get()));
+    TP_ASSIGN_OR_RETURN(std::vector<StoredMessage> messages,
+                        LatestMessages(lease, conversation_id, limit));
     if (messages.empty()) {
       TP_ASSIGN_OR_RETURN(
           const PgResult found,
@@ -521,7 +540,6 @@ class PostgresStore final : public Store {
         return Status::NotFound("store: no conversation " + conversation_id);
       }
     }
-    std::reverse(messages.begin(), messages.end());
     return messages;
   }
 
@@ -585,6 +603,50 @@ class PostgresStore final : public Store {
   }
 
  private:
+  // The conversation's latest `limit` messages, in seq order.
+  static Result<std::vector<StoredMessage>> LatestMessages(Lease& lease,
+                                                           const std::string& conversation_id,
+                                                           int limit) {
+    TP_ASSIGN_OR_RETURN(
+        const PgResult result,
+        lease.Execute("read history",
+                      "SELECT " TP_MESSAGE_COLUMNS " FROM messages WHERE conversation_id = $1 "
+                      "ORDER BY seq DESC LIMIT $2",
+                      Params().Text(conversation_id).Int(limit)));
+    TP_ASSIGN_OR_RETURN(std::vector<StoredMessage> messages, ReadMessages(result.get()));
+    std::reverse(messages.begin(), messages.end());
+    return messages;
+  }
+
+  Result<AddResult> Post(const std::string& app, const StoredMessage& message,
+                         const std::string& idempotency_key, int history_limit,
+                         const std::function<void(PostedMessage)>& written) {
+    TP_RETURN_IF_ERROR(internal::CheckLimit(history_limit));
+    TP_ASSIGN_OR_RETURN(StoredMessage prepared,
+                        internal::PrepareUserMessage(message, idempotency_key));
+    TP_ASSIGN_OR_RETURN(Lease lease, pool_.Checkout());
+    PgTransaction tx(lease);
+    TP_RETURN_IF_ERROR(tx.Begin());
+    TP_ASSIGN_OR_RETURN(
+        const PgResult conversation,
+        lease.Execute("get conversation", "SELECT app FROM conversations WHERE id = $1",
+                      Params().Text(prepared.conversation_id)));
+    if (PQntuples(conversation.get()) == 0 ||
+        std::string_view(PQgetvalue(conversation.get(), 0, 0)) != app) {
+      return Status::NotFound("store: no conversation " + prepared.conversation_id + " in app " +
+                              app);
+    }
+    const std::string conversation_id = prepared.conversation_id;
+    PostedMessage posted;
+    TP_ASSIGN_OR_RETURN(posted.added,
+                        internal::AddUserMessageSteps(tx, std::move(prepared), idempotency_key));
+    TP_ASSIGN_OR_RETURN(posted.history, LatestMessages(lease, conversation_id, history_limit));
+    const AddResult added = posted.added;
+    if (written) written(std::move(posted));
+    TP_RETURN_IF_ERROR(tx.Commit());
+    return added;
+  }
+
   // Runs `steps` in a write transaction; commits when they succeed.
   template <typename Steps>
   auto Write(Steps&& steps) -> decltype(steps(std::declval<PgTransaction&>())) {

@@ -110,7 +110,8 @@ class Store {
                                                 int history_limit);
   // PostUserMessage reporting through callbacks. An engine that writes on a thread of its own
   // (WritesInBackground) returns at once and calls them from that thread, `written` before the
-  // commit's fsync; the default blocks the caller, calls PostUserMessage and then both.
+  // commit's fsync; PostgreSQL blocks the caller and calls `written` before its COMMIT; the
+  // default blocks the caller, calls PostUserMessage and then both.
   virtual void PostUserMessageAsync(const std::string& app, const StoredMessage& message,
                                     const std::string& idempotency_key, int history_limit,
                                     PostCallbacks callbacks);
